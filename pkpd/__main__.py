@@ -1,0 +1,5 @@
+import sys
+
+from pkpd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,23 @@
+"""Test configuration: float64 everywhere, and the location of the shared reference data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pkpd.config import enable_x64
+
+enable_x64()
+
+#: ``../shared/external`` beside the checkout (or $PKPD_EXTERNAL), used by opt-in tests.
+EXTERNAL = Path(os.environ.get("PKPD_EXTERNAL", Path(__file__).resolve().parents[1].parent / "shared" / "external"))
+
+
+@pytest.fixture
+def external():
+    """Path to the shared reference datasets; skips the test with a reason when absent."""
+    if not EXTERNAL.is_dir():
+        pytest.skip(f"reference datasets not found at {EXTERNAL} (set PKPD_EXTERNAL to run this test)")
+    return EXTERNAL
