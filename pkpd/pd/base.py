@@ -1,0 +1,70 @@
+"""The pharmacodynamic-system abstraction.
+
+A PD system is an ODE in the PD states only, driven by the drug concentration that a
+PK driver (:mod:`pkpd.drivers`) supplies at each time. We use abstract/final
+:class:`equinox.Module` classes (STYLE.md habit 2) rather than bare functions because a
+system carries *structure* (number of transit compartments, drug-effect form,
+options) that must be static under ``jit``, while the parameters stay a plain dict
+pytree ``theta`` (one subject's values) so that ``vmap`` over subjects and ``grad``
+with respect to parameters need no special handling. A new lineage or growth-factor
+model is one new final subclass in its own module: the solver, simulation and
+inference code only use the methods below.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+
+
+class PDSystem(eqx.Module):
+    """Abstract PD system: states, parameters, steady state, vector field, outputs."""
+
+    @property
+    @abc.abstractmethod
+    def parameter_names(self) -> tuple[str, ...]:
+        """Names of the parameters ``theta`` must contain."""
+
+    @property
+    @abc.abstractmethod
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the ODE states, in order."""
+
+    @property
+    @abc.abstractmethod
+    def outputs(self) -> tuple[str, ...]:
+        """Observable outputs this system produces (for example ``("ANC",)``)."""
+
+    @abc.abstractmethod
+    def initial_state(self, theta: dict) -> jax.Array:
+        """Steady-state initial conditions ``[n_states]`` computed from ``theta``."""
+
+    @abc.abstractmethod
+    def vector_field(self, t, y: jax.Array, theta: dict, conc, dose_input) -> jax.Array:
+        """Time derivative of the states.
+
+        Parameters
+        ----------
+        t : scalar
+            Time (h).
+        y : [n_states]
+            Current states.
+        theta : dict
+            One subject's parameters (scalars).
+        conc : scalar
+            Drug concentration in the unit the drug-effect parameters expect.
+        dose_input : callable
+            ``dose_input(rate)`` returns ``sum_d exp(-rate * (t - t_d))`` over the doses
+            given so far (for terms triggered by each administration, such as a
+            co-medication given with every dose).
+        """
+
+    @abc.abstractmethod
+    def observe(self, y: jax.Array, theta: dict) -> dict:
+        """Map states ``[..., n_states]`` to ``{output: value}``."""
+
+    def needs_dose_input(self) -> bool:
+        """Whether :meth:`vector_field` uses ``dose_input`` (skips that work when not)."""
+        return False
