@@ -13,8 +13,26 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.1.0"
 
+from .cards import ModelCard as ModelCard
+from .cards import list_cards as list_cards
+from .cards import load_card as load_card
 from .config import enable_compilation_cache as enable_compilation_cache
 from .config import enable_x64 as enable_x64
+from .dataset import Dataset as Dataset
+from .dataset import ObservationArrays as ObservationArrays
+from .dataset import read_dataset as read_dataset
 from .errors import DatasetError as DatasetError
 from .errors import ModelError as ModelError
 from .errors import PkpdError as PkpdError
+from .model import Model as Model
+from .model import load_model as load_model
+from .predict import predict_pk as predict_pk
+from .regimen import Regimen as Regimen
+from .regimen import parse_regimen as parse_regimen
+from .simulate import simulate as simulate
+from .solve import SolverOptions as SolverOptions
+from .units import canonical_unit as canonical_unit
+from .units import convert_units as convert_units
+from .validation import ValidationReport as ValidationReport
+from .validation import Violation as Violation
+from .validation import check_dataset as check_dataset

@@ -218,6 +218,8 @@ class ConcentrationColumn(PKDriver):
 
     def jump_times(self, state):
         xp, _, n, _ = state
+        if self.interpolation == "linear":  # continuous: no jumps to announce
+            return jnp.full((1,), jnp.inf, dtype=xp.dtype)
         return jnp.where(jnp.arange(xp.shape[0]) < n, xp, jnp.inf)
 
     def dose_times(self, state):

@@ -60,12 +60,15 @@ class Dynamics(eqx.Module):
     """The compiled part of a model: PK driver + PD system + observation map.
 
     ``conc_scale`` converts the driver's concentration unit into the unit the
-    drug-effect parameters expect (for example mg/L to umol/L: 1000/808).
+    drug-effect parameters expect (for example mg/L to umol/L: 1000/808);
+    ``conc_output_scale`` converts it into the canonical unit of the ``CONC`` output (mg/L).
     """
 
     driver: eqx.Module
     pd: eqx.Module
-    conc_scale: float = eqx.field(static=True, default=1.0)
+    # Array leaves (not static), so models that differ only in units share compiled code.
+    conc_scale: np.ndarray = eqx.field(converter=lambda x: np.asarray(x, dtype=np.float64), default=1.0)
+    conc_output_scale: np.ndarray = eqx.field(converter=lambda x: np.asarray(x, dtype=np.float64), default=1.0)
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -173,5 +176,29 @@ def observe(dynamics: Dynamics, data_s: dict, theta: dict, states, ts, order):
     """Outputs ``{name: [N]}`` for one subject: PD outputs from the states, ``CONC`` from the driver."""
     out = dict(dynamics.pd.observe(states, theta))
     state = dynamics.driver.setup(data_s["driver"], data_s["events"], theta)
-    out["CONC"] = dynamics.driver.concentration(state, ts, order)
+    out["CONC"] = dynamics.driver.concentration(state, ts, order) * dynamics.conc_output_scale
     return out
+
+
+@eqx.filter_jit
+def predict_outputs(dynamics: Dynamics, data: dict, theta: dict, t, order, options: SolverOptions = SolverOptions()):
+    """Model outputs at padded evaluation keys for a batch of subjects (jitted, vmapped).
+
+    Parameters
+    ----------
+    t, order : [S, N]
+        Evaluation times (non-decreasing within a subject) and record orders.
+
+    Returns
+    -------
+    outputs : dict
+        ``{output: [S, N]}``, every PD output and ``CONC`` (driver concentration).
+    status : [S] bool
+    num_steps : [S] int
+    """
+
+    def one(d, th, t_s, o_s):
+        states, ok, steps = solve_subject(dynamics, d, th, t_s, options)
+        return observe(dynamics, d, th, states, t_s, o_s), ok, steps
+
+    return jax.vmap(one)(data, theta, t, order)

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # Command modules, in the order `pkpd --help` lists them.
-_COMMANDS = ["check", "pk"]
+_COMMANDS = ["check", "models", "simulate", "pk"]
 
 
 class _Parser(argparse.ArgumentParser):

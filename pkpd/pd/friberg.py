@@ -121,22 +121,24 @@ class Friberg(PDSystem):
         ktr, kcirc = self._rates(theta)
         circ = y[-1]
         feedback = (theta["Circ0"] / jnp.maximum(circ, CIRC_FLOOR)) ** theta["gamma"]
+        # growth - 1 is exactly 0 with no drug at baseline; writing the rates as
+        # k * x * (growth - 1) (not k*x*growth - k*x, which XLA may contract into an FMA
+        # that leaves a rounding residue) keeps the steady state exact.
         growth = (1.0 - drug_effect(self.drug_effect, conc, theta)) * feedback
         offset = 1 if self.stem_cell else 0
         prol = y[offset]
         if self.stem_cell:
-            kstem = (1.0 - theta["ftr"]) * ktr
-            kprol = theta["ftr"] * ktr
+            ftr = theta["ftr"]
             stem = y[0]
-            d_stem = kstem * stem * growth - kstem * stem
-            d_prol = kprol * prol * growth - ktr * prol + kstem * stem
+            d_stem = (1.0 - ftr) * ktr * stem * (growth - 1.0)
+            d_prol = ktr * (ftr * prol * (growth - 1.0) + (1.0 - ftr) * (stem - prol))
             head = [d_stem[None], d_prol[None]]
         else:
-            d_prol = ktr * prol * growth - ktr * prol
+            d_prol = ktr * prol * (growth - 1.0)
             head = [d_prol[None]]
         chain = y[offset : offset + self.n_transit + 1]  # Prol, T1..Tn
         d_transit = ktr * (chain[:-1] - chain[1:])
-        d_circ = ktr * chain[-1] - kcirc * circ
+        d_circ = ktr * (chain[-1] - circ) if not self.separate_kcirc else ktr * chain[-1] - kcirc * circ
         if self.dexamethasone:
             kin = 1.0 / theta["MIT"]
             d_circ = d_circ + kin * theta["IP0"] * dose_input(kin)

@@ -1,0 +1,766 @@
+"""Model cards: published PK/PD models as validated TOML files.
+
+A model card (``models/<name>.toml`` at the top of the repository) holds one
+published model: its source and reliability, the PK driver, the myelosuppression
+(PD) structure with typical values and inter-individual variability (IIV),
+residual-error models and covariate effects. The schema is documented field by
+field in ``models/README.md``; :func:`load_card` parses and validates a card into
+frozen dataclasses, and every malformed field raises :class:`pkpd.errors.ModelError`
+naming the file, the dotted field path and what was expected.
+
+Where the cards are found (first match wins):
+
+1. ``$PKPD_MODELS_DIR`` when set;
+2. ``<checkout>/models`` in a source checkout (the folder beside the ``pkpd``
+   package, recognised by the ``pyproject.toml`` next to it);
+3. the package data ``pkpd/_models`` of an installed wheel.
+
+Examples
+--------
+>>> card = load_card("kloft2006_docetaxel")
+>>> card.pd.options["drug_effect"], round(card.conc_scale, 6)
+('linear', 1.237624)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelError
+
+__all__ = [
+    "Reference",
+    "ParameterSpec",
+    "PKSpec",
+    "PDSpec",
+    "ErrorSpec",
+    "CovariateEffect",
+    "ModelCard",
+    "models_dir",
+    "load_card",
+    "list_cards",
+    "concentration_scale",
+    "RELIABILITY_TAGS",
+    "OUTPUTS",
+    "PK_DRIVERS",
+    "PD_SYSTEMS",
+    "DRUG_EFFECTS",
+    "ERROR_MODELS",
+    "COVARIATE_TYPES",
+]
+
+#: Reliability tags of MODELS.md section 0.
+RELIABILITY_TAGS = ("P", "S", "T", "D", "U")
+#: Observable outputs a card may declare.
+OUTPUTS = ("ANC", "WBC", "PLT", "HGB", "CONC")
+#: PK drivers.
+PK_DRIVERS = ("closed_form", "covariates", "concentration", "kpd")
+#: Closed-form PK models and their structural parameters.
+PK_MODELS = {
+    "1cmt": ("CL", "V1"),
+    "2cmt": ("CL", "V1", "Q2", "V2"),
+    "3cmt": ("CL", "V1", "Q2", "V2", "Q3", "V3"),
+}
+#: Interpolation of a concentration column between records.
+INTERPOLATIONS = ("linear", "locf", "nocb")
+#: Dose units of a card.
+DOSE_UNITS = ("mg", "ug", "umol")
+#: PD systems.
+PD_SYSTEMS = ("friberg",)
+#: Drug-effect forms and the parameters each needs.
+DRUG_EFFECTS = {
+    "linear": ("slope",),
+    "emax": ("Emax", "EC50"),
+    "sigmoid_emax": ("Emax", "EC50", "hill"),
+    "power": ("alpha", "beta"),
+    "capped_linear": ("slope",),
+}
+#: Optional Friberg switches and the parameters each adds.
+FRIBERG_SWITCHES = {"separate_kcirc": ("kcirc",), "stem_cell": ("ftr",), "dexamethasone": ("IP0", "MIT")}
+#: Residual-error models and their SD fields.
+ERROR_MODELS = {
+    "log_additive": ("sd",),
+    "proportional": ("sd",),
+    "additive": ("sd",),
+    "combined": ("sd_add", "sd_prop"),
+}
+#: Covariate-effect types and their numeric fields (required, optional).
+COVARIATE_TYPES = {
+    "categorical": (("levels",), ()),
+    "threshold": (("threshold", "effect"), ()),
+    "linear": (("reference", "effect"), ("effect_above",)),
+    "power": (("reference", "effect"), ()),
+}
+#: IIV forms.
+IIV_FORMS = ("omega2", "omega", "cv")
+
+# Concentration units -> mg/L per unit (None: molar, mg/L = umol/L x molar_mass / 1000).
+_CONC_UNITS = {"mg/L": 1.0, "ug/L": 1e-3, "umol/L": None}
+_CONC_ALIASES = {"ug/ml": "mg/L", "ng/ml": "ug/L", "um": "umol/L", "mg/l": "mg/L", "ug/l": "ug/L",
+                 "umol/l": "umol/L"}
+
+
+# ----------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Bibliographic source of a card's numbers.
+
+    Attributes
+    ----------
+    authors, title, journal : str
+        Citation; ``journal`` holds volume/pages (or the repository for code sources).
+    year : int
+    doi : str or None
+        May be absent only when ``notes`` explains why (e.g. a code repository).
+    reliability : str
+        MODELS.md tag of the numbers: ``P``, ``S``, ``T``, ``D`` or ``U``.
+    values_from : str or None
+        Where the numbers were actually read (e.g. a DDMoRe model id).
+    notes, url : str or None
+    """
+
+    authors: str
+    year: int
+    title: str
+    journal: str
+    doi: str | None
+    reliability: str
+    values_from: str | None = None
+    notes: str | None = None
+    url: str | None = None
+
+    @property
+    def short(self) -> str:
+        """``"Kloft 2006"``: first author's surname and year."""
+        tokens = self.authors.split(",")[0].split()
+        if len(tokens) > 1 and tokens[-1].isalpha() and tokens[-1].isupper():
+            tokens = tokens[:-1]  # drop the initials
+        return f"{' '.join(tokens)} {self.year}"
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One model parameter.
+
+    Attributes
+    ----------
+    name : str
+    value : float or None
+        Typical value; ``None`` when ``column`` gives a per-subject value.
+    unit : str
+    omega : float
+        SD of the log-normal eta (converted from the card's form); 0.0 without IIV.
+    iiv_given : float or None
+        The IIV number as written in the card.
+    iiv_form : str or None
+        ``"omega2"`` (variance), ``"omega"`` (SD) or ``"cv"`` (fraction).
+    fixed : bool
+        Never estimated.
+    column : str or None
+        Data column holding the per-subject value.
+    lower, upper : float or None
+        Optional bounds.
+    tag, note : str or None
+        Source tag of this value when it differs from the card's, and a note.
+    """
+
+    name: str
+    value: float | None
+    unit: str
+    omega: float = 0.0
+    iiv_given: float | None = None
+    iiv_form: str | None = None
+    fixed: bool = False
+    column: str | None = None
+    lower: float | None = None
+    upper: float | None = None
+    tag: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class PKSpec:
+    """PK part of a card: how the drug concentration (or K-PD amount) is produced."""
+
+    driver: str
+    model: str | None
+    absorption: bool
+    dose_unit: str
+    molar_mass: float | None
+    concentration_unit: str | None
+    column: str | None
+    interpolation: str | None
+    parameters: dict
+    reference: str | None = None
+    notes: str | None = None
+
+
+@dataclass(frozen=True)
+class PDSpec:
+    """PD part of a card.
+
+    ``options`` holds ``n_transit``, ``drug_effect``, ``separate_kcirc``,
+    ``stem_cell`` and ``dexamethasone``.
+    """
+
+    system: str
+    options: dict
+    concentration_unit: str | None
+    parameters: dict
+    notes: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorSpec:
+    """Residual-error model of one output (``sd`` or ``sd_add``/``sd_prop``)."""
+
+    output: str
+    model: str
+    sd: float | None = None
+    sd_add: float | None = None
+    sd_prop: float | None = None
+    tag: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class CovariateEffect:
+    """Multiplicative covariate effect on a parameter.
+
+    ``categorical``: x (1 + levels[cov]); ``threshold``: x (1 + effect) when
+    cov >= threshold; ``linear``: x (1 + effect (cov - reference)), with
+    ``effect_above`` used instead when cov > reference (hockey stick); ``power``:
+    x (cov / reference) ** effect.
+    """
+
+    parameter: str
+    covariate: str
+    type: str
+    reference: float | None = None
+    effect: float | None = None
+    effect_above: float | None = None
+    threshold: float | None = None
+    levels: dict = field(default_factory=dict)
+    note: str | None = None
+
+    def factor(self, value: float) -> float:
+        """Multiplicative factor for covariate value ``value`` (plain Python/NumPy)."""
+        if self.type == "categorical":
+            return 1.0 + self.levels.get(float(value), 0.0)
+        if self.type == "threshold":
+            return 1.0 + (self.effect if value >= self.threshold else 0.0)
+        if self.type == "linear":
+            slope = self.effect_above if (self.effect_above is not None and value > self.reference) else self.effect
+            return 1.0 + slope * (value - self.reference)
+        return (value / self.reference) ** self.effect
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A validated model card (see ``models/README.md``)."""
+
+    name: str
+    path: Path
+    title: str
+    drug: str
+    outputs: tuple
+    reference: Reference
+    pk: PKSpec
+    pd: PDSpec
+    error: dict
+    covariates: tuple
+    raw: dict
+    notes: str | None = None
+
+    @property
+    def parameters(self) -> dict:
+        """All parameters, PK first then PD, in card order: name -> :class:`ParameterSpec`."""
+        return {**self.pk.parameters, **self.pd.parameters}
+
+    @property
+    def conc_scale(self) -> float:
+        """Factor taking the PK concentration unit to the unit the PD parameters expect."""
+        return concentration_scale(self.pk.concentration_unit, self.pd.concentration_unit,
+                                   self.pk.molar_mass, where=str(self.path))
+
+    def typical_values(self) -> dict:
+        """Typical values ``name -> value`` of all parameters not read from a data column."""
+        return {n: p.value for n, p in self.parameters.items() if p.column is None}
+
+    def omegas(self) -> dict:
+        """IIV as SD of the log-normal eta, for the parameters that have one."""
+        return {n: p.omega for n, p in self.parameters.items() if p.omega > 0}
+
+    def columns(self) -> dict:
+        """Data columns needed per subject: parameter name -> column name."""
+        out = {n: p.column for n, p in self.parameters.items() if p.column is not None}
+        if self.pk.column:
+            out["CONC"] = self.pk.column
+        return out
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def _conc_unit(unit: str | None) -> str | None:
+    if unit is None:
+        return None
+    key = str(unit).strip().replace(" ", "").replace("µ", "u").replace("μ", "u")
+    if key in _CONC_UNITS:
+        return key
+    return _CONC_ALIASES.get(key.lower())
+
+
+def concentration_scale(from_unit: str | None, to_unit: str | None, molar_mass: float | None = None,
+                        where: str = "") -> float:
+    """Factor converting concentrations in ``from_unit`` to ``to_unit``.
+
+    Units: ``mg/L`` (= ug/mL), ``ug/L`` (= ng/mL), ``umol/L``. A conversion between
+    mass and molar units needs ``molar_mass`` (g/mol). ``None`` on either side
+    (a K-PD card) gives 1.
+
+    Examples
+    --------
+    >>> concentration_scale("mg/L", "umol/L", 808.0) == 1000 / 808
+    True
+    >>> concentration_scale("mg/L", "ng/mL")
+    1000.0
+    """
+    if from_unit is None or to_unit is None:
+        return 1.0
+    a, b = _conc_unit(from_unit), _conc_unit(to_unit)
+    prefix = f"{where}: " if where else ""
+    for given, canon in ((from_unit, a), (to_unit, b)):
+        if canon is None:
+            raise ModelError(f"{prefix}unknown concentration unit {given!r} (accepted: {', '.join(_CONC_UNITS)})")
+    if a == b:
+        return 1.0
+    fa, fb = _CONC_UNITS[a], _CONC_UNITS[b]
+    if fa is None or fb is None:
+        if molar_mass is None:
+            raise ModelError(f"{prefix}converting {a} to {b} needs pk.molar_mass (g/mol)")
+        if fa is None:
+            fa = molar_mass / 1000.0
+        if fb is None:
+            fb = molar_mass / 1000.0
+    return fa / fb
+
+
+# ----------------------------------------------------------------------------- lookup
+
+
+def models_dir() -> Path:
+    """Folder holding the shipped model cards (see the module docstring for the order)."""
+    env = os.environ.get("PKPD_MODELS_DIR")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"PKPD_MODELS_DIR={env!r} is not a directory")
+        return path
+    import pkpd
+
+    checkout = Path(pkpd.__file__).resolve().parents[1]
+    if (checkout / "models").is_dir() and (checkout / "pyproject.toml").is_file():
+        return checkout / "models"
+    from importlib import resources
+
+    data = resources.files("pkpd") / "_models"
+    if data.is_dir():
+        return Path(str(data))
+    raise ModelError(
+        f"no model-card folder found (looked for {checkout / 'models'} and the package data pkpd/_models); "
+        "set PKPD_MODELS_DIR to a folder of .toml cards"
+    )
+
+
+def _card_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.toml") if p.is_file())
+
+
+def load_card(name_or_path) -> ModelCard:
+    """Load and validate a model card.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A card name (``"kloft2006_docetaxel"``, looked up in :func:`models_dir`) or
+        the path of any ``.toml`` file.
+
+    Returns
+    -------
+    ModelCard
+
+    Raises
+    ------
+    ModelError
+        Unknown card (the message lists the available names) or a malformed card
+        (the message names the file, the field and what was expected).
+    """
+    text = os.fspath(name_or_path)
+    candidate = Path(text).expanduser()
+    looks_like_path = text.endswith(".toml") or os.sep in text or "/" in text
+    if looks_like_path:
+        if not candidate.is_file():
+            raise ModelError(f"model card file {text!r} not found")
+        return _load_file(candidate)
+    folder = models_dir()
+    path = folder / f"{text}.toml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in _card_files(folder)) or "none"
+        raise ModelError(f"unknown model card {text!r} in {folder} (available: {names})")
+    return _load_file(path)
+
+
+def list_cards() -> list[ModelCard]:
+    """All cards in :func:`models_dir`, validated, sorted by name."""
+    return [_load_file(p) for p in _card_files(models_dir())]
+
+
+def _load_file(path: Path) -> ModelCard:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ModelError(f"{path}: invalid TOML: {err}") from None
+    except OSError as err:
+        raise ModelError(f"{path}: cannot read model card: {err.strerror or err}") from None
+    return _Validator(path).card(raw)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class _Validator:
+    """Turns a parsed TOML dict into a :class:`ModelCard`, raising on the first problem."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def fail(self, field_path: str, expected: str, got=None, *, has_got: bool = True):
+        msg = f"{self.path.name}: {field_path}: expected {expected}"
+        if has_got:
+            msg += f", got {got!r}"
+        raise ModelError(f"{msg} (in {self.path})")
+
+    def missing(self, field_path: str, expected: str):
+        raise ModelError(f"{self.path.name}: {field_path}: missing required field ({expected}) (in {self.path})")
+
+    # --- primitive getters
+    def table(self, d: dict, key: str, where: str, required: bool = True) -> dict:
+        if key not in d:
+            if required:
+                self.missing(_join(where, key), "a table")
+            return {}
+        value = d[key]
+        if not isinstance(value, dict):
+            self.fail(_join(where, key), "a table", value)
+        return value
+
+    def string(self, d: dict, key: str, where: str, required: bool = True, choices=None, allow_empty=False):
+        path = _join(where, key)
+        if key not in d:
+            if required:
+                self.missing(path, f"one of {', '.join(choices)}" if choices else "a string")
+            return None
+        value = d[key]
+        if not isinstance(value, str) or (not allow_empty and not value.strip()):
+            self.fail(path, "a non-empty string", value)
+        if choices is not None and value not in choices:
+            self.fail(path, f"one of {', '.join(repr(c) for c in choices)}", value)
+        return value
+
+    def number(self, d: dict, key: str, where: str, required: bool = True, positive=False, nonneg=False):
+        path = _join(where, key)
+        if key not in d:
+            if required:
+                self.missing(path, "a positive number" if positive else "a number")
+            return None
+        value = d[key]
+        what = "a positive number" if positive else ("a non-negative number" if nonneg else "a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(path, what, value)
+        if (positive and value <= 0) or (nonneg and value < 0):
+            self.fail(path, what, value)
+        return float(value)
+
+    def boolean(self, d: dict, key: str, where: str, default=False) -> bool:
+        if key not in d:
+            return default
+        value = d[key]
+        if not isinstance(value, bool):
+            self.fail(_join(where, key), "true or false", value)
+        return value
+
+    def integer(self, d: dict, key: str, where: str, default=None, minimum=None) -> int:
+        path = _join(where, key)
+        if key not in d:
+            if default is None:
+                self.missing(path, "an integer")
+            return default
+        value = d[key]
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            self.fail(path, f"an integer >= {minimum}" if minimum is not None else "an integer", value)
+        return value
+
+    def known_keys(self, d: dict, allowed, where: str):
+        for key in d:
+            if key not in allowed:
+                self._unknown(_join(where, key), allowed)
+
+    def _unknown(self, path: str, allowed, what: str = "field"):
+        raise ModelError(f"{self.path.name}: {path}: unknown {what}, expected one of {', '.join(allowed)} "
+                         f"(in {self.path})")
+
+    # --- sections
+    def card(self, raw: dict) -> ModelCard:
+        self.known_keys(raw, ("name", "title", "drug", "outputs", "notes", "reference", "pk", "pd", "error",
+                              "covariates"), "")
+        name = self.string(raw, "name", "")
+        if name != self.path.stem:
+            self.fail("name", f"the file stem {self.path.stem!r}", name)
+        title = self.string(raw, "title", "")
+        drug = self.string(raw, "drug", "")
+        notes = self.string(raw, "notes", "", required=False)
+        outputs = self.outputs(raw)
+        reference = self.reference(self.table(raw, "reference", ""))
+        pk = self.pk(self.table(raw, "pk", ""))
+        pd = self.pd(self.table(raw, "pd", ""), pk)
+        if "CONC" in outputs and pk.driver == "kpd":
+            self.fail("outputs", "no CONC output with the kpd driver (K-PD models have no concentration)", "CONC",
+                      has_got=False)
+        errors = self.errors(raw, outputs)
+        params = {**pk.parameters, **pd.parameters}
+        covariates = self.covariates(raw, params)
+        # unit conversion must be possible
+        try:
+            concentration_scale(pk.concentration_unit, pd.concentration_unit, pk.molar_mass)
+        except ModelError:
+            self.fail("pk.molar_mass", f"a molar mass (g/mol) to convert {pk.concentration_unit} to "
+                      f"{pd.concentration_unit}", None, has_got=False)
+        return ModelCard(name=name, path=self.path, title=title, drug=drug, outputs=outputs, reference=reference,
+                         pk=pk, pd=pd, error=errors, covariates=covariates, raw=raw, notes=notes)
+
+    def outputs(self, raw: dict) -> tuple:
+        if "outputs" not in raw:
+            self.missing("outputs", f"a list of {', '.join(OUTPUTS)}")
+        value = raw["outputs"]
+        if not isinstance(value, list) or not value:
+            self.fail("outputs", f"a non-empty list of {', '.join(OUTPUTS)}", value)
+        for i, item in enumerate(value):
+            if item not in OUTPUTS:
+                self.fail(f"outputs[{i}]", f"one of {', '.join(OUTPUTS)}", item)
+        if len(set(value)) != len(value):
+            self.fail("outputs", "each output once", value)
+        return tuple(value)
+
+    def reference(self, d: dict) -> Reference:
+        w = "reference"
+        self.known_keys(d, ("authors", "year", "title", "journal", "doi", "reliability", "values_from", "notes",
+                            "url"), w)
+        year = self.integer(d, "year", w, minimum=1900)
+        reliability = self.string(d, "reliability", w, choices=RELIABILITY_TAGS)
+        doi = self.string(d, "doi", w, required=False, allow_empty=True)
+        notes = self.string(d, "notes", w, required=False)
+        if not (doi and doi.strip()) and not notes:
+            self.missing(_join(w, "doi"), "a DOI; it may be omitted only when reference.notes explains why")
+        return Reference(
+            authors=self.string(d, "authors", w), year=year, title=self.string(d, "title", w),
+            journal=self.string(d, "journal", w), doi=doi.strip() if doi and doi.strip() else None,
+            reliability=reliability, values_from=self.string(d, "values_from", w, required=False),
+            notes=notes, url=self.string(d, "url", w, required=False),
+        )
+
+    def pk(self, d: dict) -> PKSpec:
+        w = "pk"
+        self.known_keys(d, ("driver", "model", "absorption", "dose_unit", "molar_mass", "concentration_unit",
+                            "column", "interpolation", "reference", "notes", "parameters"), w)
+        driver = self.string(d, "driver", w, choices=PK_DRIVERS)
+        dose_unit = self.string(d, "dose_unit", w, choices=DOSE_UNITS)
+        molar_mass = self.number(d, "molar_mass", w, required=False, positive=True)
+        absorption = self.boolean(d, "absorption", w)
+        model = column = interpolation = conc = None
+        if driver in ("closed_form", "covariates"):
+            model = self.string(d, "model", w, choices=tuple(PK_MODELS))
+            required = PK_MODELS[model] + (("KA",) if absorption else ())
+            conc = self.conc_unit(d, w, required=True)
+            expected = f"{dose_unit}/L"
+            if conc != expected:
+                self.fail(_join(w, "concentration_unit"), f"{expected!r} (the dose unit per litre)", d[
+                    "concentration_unit"])
+        else:
+            for key in ("model", "absorption") if driver == "concentration" else ("model",):
+                if key in d:
+                    self.fail(_join(w, key), f"no {key} with driver {driver!r}", d[key])
+            if driver == "concentration":
+                column = self.string(d, "column", w)
+                interpolation = self.string(d, "interpolation", w, choices=INTERPOLATIONS)
+                conc = self.conc_unit(d, w, required=True)
+                required = ()
+            else:  # kpd
+                conc = self.conc_unit(d, w, required=False)
+                required = ("KDE",)
+        params = d.get("parameters", {})
+        if not isinstance(params, dict):
+            self.fail("pk.parameters", "a table", params)
+        if driver == "concentration" and params:
+            self.fail("pk.parameters", "no parameters with driver 'concentration'", sorted(params))
+        parameters = self.parameter_set(params, "pk.parameters", required, allow_columns=True)
+        if driver == "closed_form":
+            for pname, spec in parameters.items():
+                if spec.column is not None:
+                    self.fail(f"pk.parameters.{pname}.column",
+                              "a value, not a column, with driver 'closed_form' (use driver 'covariates')",
+                              spec.column)
+        return PKSpec(driver=driver, model=model, absorption=absorption, dose_unit=dose_unit, molar_mass=molar_mass,
+                      concentration_unit=conc, column=column, interpolation=interpolation, parameters=parameters,
+                      reference=self.string(d, "reference", w, required=False),
+                      notes=self.string(d, "notes", w, required=False))
+
+    def conc_unit(self, d: dict, where: str, required: bool):
+        value = self.string(d, "concentration_unit", where, required=required)
+        if value is None:
+            return None
+        unit = _conc_unit(value)
+        if unit is None:
+            self.fail(_join(where, "concentration_unit"), f"one of {', '.join(_CONC_UNITS)}", value)
+        return unit
+
+    def pd(self, d: dict, pk: PKSpec) -> PDSpec:
+        w = "pd"
+        self.known_keys(d, ("system", "n_transit", "drug_effect", "concentration_unit", "notes", "parameters")
+                        + tuple(FRIBERG_SWITCHES), w)
+        system = self.string(d, "system", w, choices=PD_SYSTEMS)
+        n_transit = self.integer(d, "n_transit", w, default=3, minimum=1)
+        drug_effect = self.string(d, "drug_effect", w, choices=tuple(DRUG_EFFECTS))
+        options = {"n_transit": n_transit, "drug_effect": drug_effect}
+        required = ("Circ0", "MTT", "gamma") + DRUG_EFFECTS[drug_effect]
+        for switch, extra in FRIBERG_SWITCHES.items():
+            options[switch] = self.boolean(d, switch, w)
+            if options[switch]:
+                required += extra
+        conc = self.conc_unit(d, w, required=pk.driver != "kpd")
+        params = self.table(d, "parameters", w)
+        parameters = self.parameter_set(params, "pd.parameters", required, allow_columns=True)
+        return PDSpec(system=system, options=options, concentration_unit=conc, parameters=parameters,
+                      notes=self.string(d, "notes", w, required=False))
+
+    def parameter_set(self, params: dict, where: str, required, allow_columns: bool) -> dict:
+        for pname in required:
+            if pname not in params:
+                self.missing(f"{where}.{pname}", f"parameters {', '.join(required)} are required here")
+        out = {}
+        for pname, spec in params.items():
+            if pname not in required:
+                self._unknown(f"{where}.{pname}", required, "parameter for this model structure")
+            out[pname] = self.parameter(pname, spec, f"{where}.{pname}")
+        return out
+
+    def parameter(self, pname: str, d, where: str) -> ParameterSpec:
+        if not isinstance(d, dict):
+            self.fail(where, "an inline table like { value = 1.0, unit = \"h\" }", d)
+        self.known_keys(d, ("value", "unit", "iiv", "iiv_form", "fixed", "column", "lower", "upper", "tag", "note"),
+                        where)
+        column = self.string(d, "column", where, required=False)
+        in_unit = pname == "ftr"
+        if column is None and "value" not in d:
+            self.missing(f"{where}.value", "a number, or column = \"NAME\" for a per-subject value")
+        value = None
+        if "value" in d:
+            if column is not None:
+                self.fail(f"{where}.column", "either value or column, not both", column)
+            value = self.number(d, "value", where, positive=not in_unit)
+            if in_unit and not 0.0 < value < 1.0:
+                self.fail(f"{where}.value", "a number in (0, 1)", d["value"])
+        unit = self.string(d, "unit", where)
+        iiv = self.number(d, "iiv", where, required=False, nonneg=True)
+        form = self.string(d, "iiv_form", where, required=iiv is not None, choices=IIV_FORMS)
+        if form is not None and iiv is None:
+            self.missing(f"{where}.iiv", "a non-negative number when iiv_form is given")
+        if iiv is not None and column is not None:
+            self.fail(f"{where}.iiv", "no IIV on a parameter read from a data column", d["iiv"])
+        omega = 0.0
+        if iiv is not None:
+            omega = {"omega2": math.sqrt, "omega": float, "cv": lambda cv: math.sqrt(math.log1p(cv * cv))}[form](iiv)
+        lower = self.number(d, "lower", where, required=False)
+        upper = self.number(d, "upper", where, required=False)
+        if lower is not None and upper is not None and lower >= upper:
+            self.fail(f"{where}.upper", f"a number above lower = {lower:g}", d["upper"])
+        if value is not None and ((lower is not None and value < lower) or (upper is not None and value > upper)):
+            self.fail(f"{where}.value", f"a value within [{lower}, {upper}]", d["value"])
+        return ParameterSpec(
+            name=pname, value=value, unit=unit, omega=omega, iiv_given=iiv, iiv_form=form,
+            fixed=self.boolean(d, "fixed", where), column=column, lower=lower, upper=upper,
+            tag=self.string(d, "tag", where, required=False, choices=RELIABILITY_TAGS),
+            note=self.string(d, "note", where, required=False),
+        )
+
+    def errors(self, raw: dict, outputs: tuple) -> dict:
+        table = self.table(raw, "error", "")
+        for key in table:
+            if key not in outputs:
+                self.fail(f"error.{key}", f"an error model only for a declared output ({', '.join(outputs)})", key,
+                          has_got=False)
+        out = {}
+        for name in outputs:
+            w = f"error.{name}"
+            if name not in table:
+                self.missing(w, f"a residual-error table [error.{name}] for output {name}")
+            d = table[name]
+            if not isinstance(d, dict):
+                self.fail(w, "a table", d)
+            self.known_keys(d, ("model", "sd", "sd_add", "sd_prop", "tag", "note"), w)
+            model = self.string(d, "model", w, choices=tuple(ERROR_MODELS))
+            sds = {k: self.number(d, k, w, positive=True) for k in ERROR_MODELS[model]}
+            for k in ("sd", "sd_add", "sd_prop"):
+                if k in d and k not in sds:
+                    self.fail(f"{w}.{k}", f"only {', '.join(ERROR_MODELS[model])} with model {model!r}", d[k])
+            out[name] = ErrorSpec(output=name, model=model, **sds,
+                                  tag=self.string(d, "tag", w, required=False, choices=RELIABILITY_TAGS),
+                                  note=self.string(d, "note", w, required=False))
+        return out
+
+    def covariates(self, raw: dict, params: dict) -> tuple:
+        items = raw.get("covariates", [])
+        if not isinstance(items, list):
+            self.fail("covariates", "an array of tables [[covariates]]", items)
+        out = []
+        for i, d in enumerate(items):
+            w = f"covariates[{i}]"
+            if not isinstance(d, dict):
+                self.fail(w, "a table", d)
+            ctype = self.string(d, "type", w, choices=tuple(COVARIATE_TYPES))
+            req, opt = COVARIATE_TYPES[ctype]
+            self.known_keys(d, ("parameter", "covariate", "type", "note") + req + opt, w)
+            pname = self.string(d, "parameter", w)
+            if pname not in params:
+                self.fail(f"{w}.parameter", f"a parameter of this card ({', '.join(params)})", pname)
+            kwargs = {}
+            if ctype == "categorical":
+                levels = self.table(d, "levels", w)
+                if not levels:
+                    self.fail(f"{w}.levels", "at least one level = effect pair", levels)
+                parsed = {}
+                for key, eff in levels.items():
+                    try:
+                        level = float(key)
+                    except ValueError:
+                        self.fail(f"{w}.levels.{key}", "a numeric level (the covariate's value)", key)
+                    parsed[level] = self.number(levels, key, f"{w}.levels")
+                kwargs["levels"] = parsed
+            else:
+                for k in req + opt:
+                    kwargs[k] = self.number(d, k, w, required=k in req, positive=(ctype == "power" and
+                                                                                   k == "reference"))
+            out.append(CovariateEffect(parameter=pname, covariate=self.string(d, "covariate", w), type=ctype,
+                                       note=self.string(d, "note", w, required=False), **kwargs))
+        return tuple(out)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
