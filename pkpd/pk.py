@@ -171,6 +171,12 @@ def pk_modes(params: dict, model: str, absorption: bool) -> PKModes:
     if absorption:
         ka = jnp.asarray(params["KA"], dtype)
         central = disp[0, :n]
+        # KA equal to a disposition rate is the removable singularity of the Bateman
+        # function: move KA by a relative 1e-7 (rate and coefficients alike) there, which
+        # keeps the result within ~1e-7 of the limit k*t*exp(-k*t).
+        tiny = 1e-7 * ka
+        close = jnp.abs(ka - lam) < tiny
+        ka = ka + jnp.where(jnp.any(close), 2.0 * tiny, 0.0)
         depot_disp = central * ka / (ka - lam)
         depot = jnp.concatenate([depot_disp, -jnp.sum(depot_disp, keepdims=True)])
         coef = jnp.concatenate([jnp.zeros((1, n + 1), dtype), depot[None, :], disp], axis=0)

@@ -44,6 +44,25 @@ def _as_dataset(data):
     return read_dataset(data)
 
 
+def _check_doses(df, events, names, model, absorption, n_in):
+    """Dose compartments must exist; modelled rate/duration need their R<n>/D<n>."""
+    line = df["LINE"] if "LINE" in df else pd.Series(np.arange(len(df)) + 2)
+    rows = events.row[events.mask]
+    cmts = events.cmt[events.mask]
+    rates = events.rate[events.mask]
+    given = set(names.values())
+    for r, c, rate in zip(rows, cmts, rates):
+        where = f"line {int(line.iloc[r])}"
+        if not 1 <= c <= n_in:
+            raise ModelError(
+                f"{where}: dose into CMT {c}, but {model!r} {'with' if absorption else 'without'} "
+                f"absorption has compartments 1..{n_in}"
+            )
+        for code, prefix, what in ((-1, "R", "modelled rate"), (-2, "D", "modelled duration")):
+            if rate == code and f"{prefix}{c}" not in given:
+                raise ModelError(f"{where}: RATE {code} ({what}) but no parameter {prefix}{c} is given")
+
+
 def prepare_pk(dataset, model: str, params: dict, *, ids=None, n_subjects=None):
     """Split ``params`` into traced values and column-valued inputs; expand doses.
 
@@ -58,6 +77,7 @@ def prepare_pk(dataset, model: str, params: dict, *, ids=None, n_subjects=None):
     absorption = "KA" in names.values()
     n_in = _n_inputs(model, absorption)
     events = dose_events(df, ids, n_subjects=n_subjects)
+    _check_doses(df, events, names, model, absorption, n_in)
     n_sub = events.time.shape[0]
     first_rows = df.groupby("ID", sort=False).head(1).set_index("ID")
     structural, dose_cols, values = {}, {}, {}

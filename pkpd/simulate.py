@@ -54,7 +54,7 @@ def _design_from_regimen(model: Model, regimen, n: int, times, covariates: dict)
         regimen = parse_regimen(str(regimen))
     outputs = [o for o in model.outputs]
     if times is None:
-        last = max(d.start_h + d.interval_h * (d.count - 1) for d in regimen.doses)
+        last = max(d.start + d.interval * (d.count - 1) for d in regimen.items)
         times = np.arange(0.0, last + 21 * 24 + 1e-9, 24.0)
     times = np.asarray(times, dtype=float)
     if np.any(times < 0) or np.any(np.diff(times) < 0):

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # Command modules, in the order `pkpd --help` lists them.
-_COMMANDS = ["check", "models", "simulate", "pk"]
+_COMMANDS = ["demo", "check", "pk", "models", "simulate"]
 
 
 class _Parser(argparse.ArgumentParser):
