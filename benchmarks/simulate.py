@@ -29,7 +29,7 @@ def main() -> None:
 
     import pkpd
     from pkpd.events import evaluation_keys
-    from pkpd.solve import predict_outputs, prepare_subjects
+    from pkpd.solve import predict_outputs
 
     pkpd.enable_x64()
     model = pkpd.load_model("kloft2006_docetaxel")
@@ -46,7 +46,7 @@ def main() -> None:
     for n in args.subjects:
         df = pd.concat([design.assign(ID=i + 1) for i in range(n)], ignore_index=True)
         ids = list(range(1, n + 1))
-        data = prepare_subjects(dynamics, df, ids, n_subjects=n)
+        dynamics, data = model.prepare(df, ids, n_subjects=n)
         rows = np.flatnonzero(df["EVID"].to_numpy() == 0)
         t, order, _, _ = evaluation_keys(df, rows, ids, n_subjects=n)
         eta = {k: rng.normal(0, s.omega, n) for k, s in model.parameters.items() if s.omega > 0}

@@ -24,6 +24,9 @@ from .dataset import read_dataset as read_dataset
 from .errors import DatasetError as DatasetError
 from .errors import ModelError as ModelError
 from .errors import PkpdError as PkpdError
+from .fit import Fit as Fit
+from .fit import fit as fit
+from .fit import load_fit as load_fit
 from .model import Model as Model
 from .model import load_model as load_model
 from .predict import predict_pk as predict_pk
@@ -31,6 +34,7 @@ from .regimen import Regimen as Regimen
 from .regimen import parse_regimen as parse_regimen
 from .simulate import simulate as simulate
 from .solve import SolverOptions as SolverOptions
+from .statmodel import FitSpec as FitSpec
 from .units import canonical_unit as canonical_unit
 from .units import convert_units as convert_units
 from .validation import ValidationReport as ValidationReport

@@ -140,6 +140,29 @@ class Model:
         has_ss = bool((df["SS"].to_numpy(int)[doses] > 0).any())
         return self.dynamics if has_ss else _build_dynamics(self.card, steady_state=False)
 
+    @property
+    def amount_scale(self) -> float:
+        """Factor from the data's dose amounts (canonical mg) to the card's ``pk.dose_unit``."""
+        unit = (self.card.pk.dose_unit or "mg").strip()
+        if unit.lower() == "umol":
+            if not self.card.pk.molar_mass:
+                raise ModelError(f"{self.card.path}: pk.dose_unit umol needs pk.molar_mass")
+            return 1000.0 / float(self.card.pk.molar_mass)
+        from .units import dose_factor
+
+        return 1.0 / dose_factor(unit)
+
+    def prepare(self, df: pd.DataFrame, ids=None, n_subjects=None, eval_times=None, eval_mask=None,
+                options=None) -> tuple:
+        """``(dynamics, data)`` for compiled code: :meth:`dynamics_for` and padded subject arrays
+        (with integration grids when ``options.solver == "rk4-grid"``)."""
+        from .solve import prepare_subjects
+
+        dynamics = self.dynamics_for(df)
+        data = prepare_subjects(dynamics, df, ids, n_subjects=n_subjects, amount_scale=self.amount_scale,
+                                eval_times=eval_times, eval_mask=eval_mask, options=options)
+        return dynamics, data
+
     def subject_covariates(self, df: pd.DataFrame, ids) -> dict:
         """Per-subject values (first record) of every column the model needs, ``{name: [S]}``."""
         first = df.groupby("ID", sort=False).head(1).set_index("ID")

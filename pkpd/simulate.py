@@ -15,7 +15,7 @@ import pandas as pd
 from .errors import ModelError
 from .events import evaluation_keys
 from .model import Model, load_model
-from .solve import SolverOptions, predict_outputs, prepare_subjects
+from .solve import SolverOptions, predict_outputs
 from .units import DEFAULT_OBSERVATION_TYPES
 
 __all__ = ["simulate", "add_residual_error", "OUTPUT_DVID", "solve_design"]
@@ -62,7 +62,7 @@ def _design_from_regimen(model: Model, regimen, n: int, times, covariates: dict)
     frames = []
     for i in range(n):
         cov_i = {k: (v[i] if np.ndim(v) else v) for k, v in covariates.items()}
-        doses = regimen.to_records(cov_i, dose_unit=model.card.pk.dose_unit, molar_mass=model.card.pk.molar_mass, id=i + 1)
+        doses = regimen.to_records(cov_i, dose_unit="mg", molar_mass=model.card.pk.molar_mass, id=i + 1)
         obs = pd.DataFrame(
             [
                 {"ID": i + 1, "TIME": t, "DV": np.nan, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 0, "RATE": 0.0,
@@ -88,9 +88,9 @@ def solve_design(model: Model, df: pd.DataFrame, theta: dict, options: SolverOpt
     """
     df = df.reset_index(drop=True)
     ids = list(pd.unique(df["ID"]))
-    dynamics = model.dynamics_for(df)
-    data = prepare_subjects(dynamics, df, ids)
-    n_sub = data["start"].shape[0]
+    from .buckets import bucket_size
+
+    n_sub = bucket_size(len(ids))
     rows = np.flatnonzero(df["EVID"].to_numpy(int) == 0)
     t, order, row, mask = evaluation_keys(df, rows, ids, n_subjects=n_sub)
     # Padding repeats each subject's last time so the output times stay sorted.
@@ -98,6 +98,7 @@ def solve_design(model: Model, df: pd.DataFrame, theta: dict, options: SolverOpt
     t = np.where(mask, t, last[:, None])
     if np.any(np.diff(t, axis=1) < 0):
         raise ModelError("observation times must not decrease within a subject for PD simulation")
+    dynamics, data = model.prepare(df, ids, n_subjects=n_sub, eval_times=t, eval_mask=mask, options=options)
     padded = {}
     for k, v in theta.items():
         v = np.asarray(v, dtype=float)

@@ -1,0 +1,453 @@
+"""``pkpd.fit``: population Bayesian fitting with NUTS, SVI or MAP, results as ArviZ InferenceData.
+
+>>> fit = pkpd.fit("kloft2006_docetaxel", "data/example.csv", method="nuts", chains=4)
+>>> fit.summary()            # typical values, IIV SDs, residual SDs: mean, sd, 90% interval, ESS, R-hat
+>>> fit.save("fit.nc"); pkpd.load_fit("fit.nc")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import replace
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .errors import PkpdError
+from .io import atomic_path
+from .model import Model, load_model
+from .statmodel import FitSpec, PopulationProblem
+
+__all__ = ["fit", "Fit", "load_fit", "ConvergenceWarning"]
+
+METHODS = ("nuts", "svi", "map")
+GUIDES = ("normal", "mvn", "lowrank")
+
+
+class ConvergenceWarning(UserWarning):
+    """R-hat above 1.01, divergent transitions, low ESS or an unconverged optimisation."""
+
+
+def _as_dataset(data):
+    from .dataset import Dataset, read_dataset
+
+    return data if isinstance(data, Dataset) else read_dataset(data)
+
+
+def _spec(spec: FitSpec | None, options: dict) -> FitSpec:
+    spec = spec or FitSpec()
+    valid = set(FitSpec.__dataclass_fields__)
+    unknown = set(options) - valid
+    if unknown:
+        raise PkpdError(f"unknown fit option(s) {sorted(unknown)}: expected {sorted(valid)}")
+    for key in ("fixed", "iiv", "outputs"):
+        if key in options and options[key] is not None:
+            options[key] = tuple(options[key])
+    return replace(spec, **options)
+
+
+def fit(
+    model,
+    data,
+    method: str = "nuts",
+    *,
+    spec: FitSpec | None = None,
+    chains: int = 4,
+    warmup: int = 500,
+    samples: int = 1000,
+    seed: int = 0,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    dense_mass: bool | list = False,
+    chain_method: str | None = None,
+    progress: bool = True,
+    guide: str = "normal",
+    svi_steps: int = 20000,
+    learning_rate: float = 0.01,
+    svi_draws: int = 1000,
+    tol: float = 1e-4,
+    log_likelihood: bool = True,
+    posterior_predictive: bool = False,
+    **options,
+) -> "Fit":
+    """Fit a population model to a data set.
+
+    Parameters
+    ----------
+    model : Model or str
+        A :class:`pkpd.Model` or a model-card name / path.
+    data : Dataset, str or DataFrame
+        The study data (read with :func:`pkpd.read_dataset` when not a Dataset).
+    method : {"nuts", "svi", "map"}
+        Full Bayes with the No-U-Turn sampler; stochastic variational inference; or the
+        maximum a posteriori point estimate.
+    spec : FitSpec, optional
+        Statistical-model settings; keyword ``options`` (``fixed``, ``iiv``,
+        ``covariance``, ``prior_width``, ``prior_values``, ``censoring``, ``outputs``,
+        ``solver``...) override its fields.
+    chains, warmup, samples : int
+        NUTS chains and iterations per chain. Chains run in parallel on several devices,
+        vectorised on one GPU and sequentially on a CPU (``chain_method`` overrides).
+    seed : int
+        Seed of every random choice: the same seed on the same machine gives identical draws.
+    target_accept, max_tree_depth, dense_mass
+        NUTS settings (``dense_mass``: a dense mass matrix, or a list of site-name tuples
+        for block-dense).
+    guide : {"normal", "mvn", "lowrank"}
+        SVI guide: AutoNormal, AutoMultivariateNormal or AutoLowRankMultivariateNormal.
+    svi_steps, learning_rate, tol
+        Optimisation budget (SVI and MAP, Adam); stops early once the mean loss over the
+        last 500 steps improves by less than ``tol`` (relative) on the 500 before.
+    svi_draws : int
+        Draws from the fitted SVI guide stored as the posterior.
+    log_likelihood : bool
+        Store the pointwise log-likelihood (for LOO/WAIC).
+    posterior_predictive : bool
+        Store posterior-predictive draws of the observations.
+
+    Returns
+    -------
+    Fit
+    """
+    if method not in METHODS:
+        raise PkpdError(f"method must be one of {METHODS}, got {method!r}")
+    if guide not in GUIDES:
+        raise PkpdError(f"guide must be one of {GUIDES}, got {guide!r}")
+    for name, value in (("chains", chains), ("warmup", warmup), ("samples", samples)):
+        if int(value) < 1:
+            raise PkpdError(f"{name} must be >= 1, got {value}")
+    model = model if isinstance(model, Model) else load_model(model)
+    dataset = _as_dataset(data)
+    spec = _spec(spec, dict(options))
+    problem = PopulationProblem(model, dataset, spec)
+    settings = dict(method=method, seed=int(seed), spec=spec.as_dict())
+    start = time.perf_counter()
+    if method == "nuts":
+        settings.update(chains=chains, warmup=warmup, samples=samples, target_accept=target_accept,
+                        max_tree_depth=max_tree_depth, dense_mass=str(dense_mass))
+        idata, extra = _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_depth,
+                                 dense_mass, chain_method, progress)
+        settings.update(extra)
+    else:
+        settings.update(guide=guide if method == "svi" else "delta", svi_steps=svi_steps,
+                        learning_rate=learning_rate, tol=tol, svi_draws=svi_draws if method == "svi" else 1)
+        idata, extra = _run_svi(problem, method, guide, svi_steps, learning_rate, svi_draws, tol, seed, progress)
+        settings.update(extra)
+    settings["wall_time_s"] = time.perf_counter() - start
+    _add_observations(idata, problem, log_likelihood, posterior_predictive, seed)
+    result = Fit(idata, card=model.card.raw, model_name=model.name, dataset_hash=dataset.hash, settings=settings,
+                 problem=problem)
+    result.check(warn=True)
+    return result
+
+
+def _chain_method(chains: int, requested: str | None) -> str:
+    if requested:
+        return requested
+    if chains > 1 and jax.local_device_count() >= chains:
+        return "parallel"
+    if jax.default_backend() != "cpu":
+        return "vectorized"
+    return "sequential"
+
+
+def _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_depth, dense_mass,
+              chain_method, progress):
+    from numpyro.infer import MCMC, NUTS, init_to_value
+
+    kernel = NUTS(
+        problem.numpyro_model(),
+        target_accept_prob=target_accept,
+        max_tree_depth=max_tree_depth,
+        dense_mass=dense_mass,
+        init_strategy=init_to_value(values=problem.initial_values()),
+    )
+    method = _chain_method(chains, chain_method)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=samples, num_chains=chains, chain_method=method,
+                progress_bar=progress)
+    start = time.perf_counter()
+    mcmc.run(jax.random.PRNGKey(seed), extra_fields=("diverging", "num_steps", "energy", "accept_prob"))
+    jax.block_until_ready(mcmc.get_samples())
+    elapsed = time.perf_counter() - start
+    idata = az.from_numpyro(mcmc, log_likelihood=False)
+    stats = mcmc.get_extra_fields(group_by_chain=True)
+    steps = np.asarray(stats["num_steps"])
+    idata.sample_stats["tree_depth"] = (("chain", "draw"), np.floor(np.log2(np.maximum(steps, 1))).astype(int) + 1)
+    return idata, {"chain_method": method, "sampling_time_s": elapsed,
+                   "mean_leapfrog_steps": float(steps.mean()),
+                   "divergences": int(np.asarray(stats["diverging"]).sum())}
+
+
+def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress):
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO, init_to_value
+    from numpyro.infer.autoguide import (AutoDelta, AutoLowRankMultivariateNormal, AutoMultivariateNormal,
+                                         AutoNormal)
+
+    model = problem.numpyro_model()
+    init = init_to_value(values=problem.initial_values())
+    if method == "map":
+        guide = AutoDelta(model, init_loc_fn=init)
+    else:
+        cls = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "lowrank": AutoLowRankMultivariateNormal}[guide_name]
+        guide = cls(model, init_loc_fn=init) if cls is AutoNormal else cls(model, init_loc_fn=init)
+    svi = SVI(model, guide, numpyro.optim.Adam(lr), Trace_ELBO())
+    key, key_draws = jax.random.split(jax.random.PRNGKey(seed))
+    state = svi.init(key)
+    chunk = 500
+
+    @jax.jit
+    def run_chunk(state):
+        def body(s, _):
+            s, loss = svi.update(s)
+            return s, loss
+        return jax.lax.scan(body, state, None, length=chunk)
+
+    losses, converged, previous = [], False, None
+    start = time.perf_counter()
+    for i in range(max(1, steps // chunk)):
+        state, loss = run_chunk(state)
+        loss = np.asarray(loss)
+        losses.append(loss)
+        current = float(np.mean(loss[np.isfinite(loss)])) if np.isfinite(loss).any() else np.inf
+        if progress:
+            print(f"\r{method.upper()} step {(i + 1) * chunk}: loss {current:.4f}", end="", flush=True)
+        if previous is not None and np.isfinite(current) and abs(previous - current) <= tol * max(1.0, abs(current)):
+            converged = True
+            break
+        previous = current
+    if progress:
+        print()
+    elapsed = time.perf_counter() - start
+    if not converged:
+        warnings.warn(f"{method.upper()} did not converge in {steps} steps (relative loss change > {tol}); "
+                      "increase svi_steps or learning_rate", ConvergenceWarning, stacklevel=3)
+    params = svi.get_params(state)
+    n = draws if method == "svi" else 1
+    post = guide.sample_posterior(key_draws, params, sample_shape=(n,))
+    post.pop("loglik", None)
+    posterior = {k: np.asarray(v)[None] for k, v in post.items()}
+    idata = az.from_dict(posterior=posterior)
+    loss_trace = np.concatenate(losses)
+    return idata, {"steps_run": int(len(loss_trace)), "converged": converged, "final_loss": float(loss_trace[-1]),
+                   "optimisation_time_s": elapsed}
+
+
+def _add_observations(idata, problem: PopulationProblem, log_likelihood: bool, posterior_predictive: bool, seed):
+    import xarray as xr
+
+    obs = problem.observed_frame()
+    if "observed_data" in idata.groups():  # from_numpyro leaves an empty one (the model has no observed sites)
+        delattr(idata, "observed_data")
+    idata.add_groups(observed_data=xr.Dataset({"DV": (("obs",), obs["DV"].to_numpy(float))},
+                                              coords={"obs": np.arange(len(obs))}))
+    if not (log_likelihood or posterior_predictive):
+        return
+    post = idata.posterior
+    names = [v for v in post.data_vars if v.startswith(("log_tv_", "omega_", "sigma_")) or v in ("z", "L_corr")]
+    flat = {v: jnp.asarray(post[v].values.reshape((-1,) + post[v].values.shape[2:])) for v in names}
+    mask = np.asarray(problem.arrays["mask"])
+
+    @jax.jit
+    def batch(sample):
+        def one(s):
+            theta, sigma = problem.params_from_sample(s)
+            ll, _ = problem.pointwise_loglik(theta, sigma)
+            pred, _ = problem.predictions(theta)
+            return ll, pred
+        return jax.vmap(one)(sample)
+
+    n_draws = next(iter(flat.values())).shape[0]
+    lls, preds = [], []
+    size = 100
+    for i in range(0, n_draws, size):
+        ll, pred = batch({k: v[i:i + size] for k, v in flat.items()})
+        lls.append(np.asarray(ll)[:, mask])
+        preds.append(np.asarray(pred)[:, mask])
+    shape = (post.sizes["chain"], post.sizes["draw"], len(obs))
+    coords = {"chain": post.chain.values, "draw": post.draw.values, "obs": np.arange(len(obs))}
+    if log_likelihood:
+        ll = np.concatenate(lls).reshape(shape)
+        idata.add_groups(log_likelihood=xr.Dataset({"DV": (("chain", "draw", "obs"), ll)}, coords=coords))
+    if posterior_predictive:
+        ipred = np.concatenate(preds).reshape(shape)
+        y = _draw_observations(problem, obs, ipred, {v: post[v].values for v in post.data_vars if v.startswith("sigma_")},
+                               np.random.default_rng(seed))
+        idata.add_groups(posterior_predictive=xr.Dataset({"DV": (("chain", "draw", "obs"), y)}, coords=coords))
+
+
+def _draw_observations(problem, obs, ipred, sigmas, rng):
+    from .units import DEFAULT_OBSERVATION_TYPES  # noqa: F401  (documentation of the DVID mapping)
+
+    types = problem.dataset.observation_types
+    out = np.empty_like(ipred)
+    for o in problem.outputs:
+        sel = (obs["DVID"].map(types) == o).to_numpy()
+        spec = problem.model.card.error[o]
+        eps = rng.standard_normal(ipred[..., sel].shape)
+        f = ipred[..., sel]
+        if spec.model == "log_additive":
+            out[..., sel] = f * np.exp(sigmas[f"sigma_{o}"][..., None] * eps)
+        elif spec.model == "proportional":
+            out[..., sel] = f * (1 + sigmas[f"sigma_{o}"][..., None] * eps)
+        elif spec.model == "additive":
+            out[..., sel] = f + sigmas[f"sigma_{o}"][..., None] * eps
+        else:
+            sd = np.sqrt(sigmas[f"sigma_{o}_add"][..., None] ** 2 + (sigmas[f"sigma_{o}_prop"][..., None] * f) ** 2)
+            out[..., sel] = f + sd * eps
+    return out
+
+
+class Fit:
+    """A fitted population model.
+
+    Attributes
+    ----------
+    idata : arviz.InferenceData
+        ``posterior`` (``tv_<name>`` typical values, ``omega_<name>`` IIV SDs on the log
+        scale, ``sigma_<output>`` residual SDs, ``z`` standardised random effects,
+        ``corr`` with a full covariance), ``sample_stats`` (NUTS), ``observed_data``,
+        ``log_likelihood`` and, on request, ``posterior_predictive``.
+    model_name : str
+    card : dict
+        The model card the fit came from (as parsed TOML).
+    dataset_hash : str
+    settings : dict
+        Method, seed, sampler/optimiser settings and the statistical-model spec.
+    """
+
+    def __init__(self, idata, *, card, model_name, dataset_hash, settings, problem=None):
+        self.idata = idata
+        self.card = card
+        self.model_name = model_name
+        self.dataset_hash = dataset_hash
+        self.settings = settings
+        self.problem = problem
+
+    def __repr__(self):
+        post = self.idata.posterior
+        return (f"Fit({self.model_name!r}, method={self.settings.get('method')!r}, "
+                f"{post.sizes['chain']} chain(s) x {post.sizes['draw']} draws)")
+
+    @property
+    def method(self) -> str:
+        return self.settings["method"]
+
+    def parameter_names(self) -> list[str]:
+        """Population parameters reported by :meth:`summary` (typical values, IIV SDs, residual SDs)."""
+        names = list(self.idata.posterior.data_vars)
+        order = [n for n in names if n.startswith("tv_")]
+        order += [n for n in names if n.startswith("omega_")]
+        order += [n for n in names if n.startswith("sigma_")]
+        return order
+
+    def summary(self, interval: float = 0.9) -> pd.DataFrame:
+        """Mean, sd, equal-tailed interval, bulk and tail ESS and R-hat of each population parameter."""
+        post = self.idata.posterior
+        lo, hi = (1 - interval) / 2, 1 - (1 - interval) / 2
+        rows = []
+        multi = post.sizes["chain"] > 1 or post.sizes["draw"] > 3
+        for name in self.parameter_names():
+            x = post[name].values.reshape(post.sizes["chain"], post.sizes["draw"])
+            row = {"parameter": name, "mean": x.mean(), "sd": x.std(ddof=1) if x.size > 1 else 0.0,
+                   f"q{lo * 100:g}%": np.quantile(x, lo), f"q{hi * 100:g}%": np.quantile(x, hi)}
+            if self.method == "nuts" and multi:
+                row["ess_bulk"] = float(az.ess(x, method="bulk"))
+                row["ess_tail"] = float(az.ess(x, method="tail"))
+                row["r_hat"] = float(az.rhat(x)) if post.sizes["chain"] > 1 else np.nan
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("parameter")
+
+    def diagnostics(self) -> dict:
+        """Divergences, max R-hat, min bulk/tail ESS and E-BFMI per chain (NUTS)."""
+        if self.method != "nuts":
+            return {"method": self.method, "converged": bool(self.settings.get("converged", True))}
+        table = self.summary()
+        stats = self.idata.sample_stats
+        out = {
+            "divergences": int(stats["diverging"].values.sum()),
+            "max_r_hat": float(np.nanmax(table["r_hat"])) if "r_hat" in table else np.nan,
+            "min_ess_bulk": float(table["ess_bulk"].min()) if "ess_bulk" in table else np.nan,
+            "min_ess_tail": float(table["ess_tail"].min()) if "ess_tail" in table else np.nan,
+            "mean_tree_depth": float(stats["tree_depth"].values.mean()) if "tree_depth" in stats else np.nan,
+        }
+        try:
+            out["bfmi"] = [float(b) for b in az.bfmi(self.idata)]
+        except Exception:  # noqa: BLE001 - E-BFMI needs energy; absent for a single draw
+            out["bfmi"] = []
+        return out
+
+    def check(self, warn: bool = True) -> list[str]:
+        """Plain-language convergence problems (also issued as :class:`ConvergenceWarning`)."""
+        problems = []
+        d = self.diagnostics()
+        if self.method == "nuts":
+            n_draws = self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"]
+            if d["divergences"] > 0:
+                problems.append(f"{d['divergences']} divergent transitions: the posterior may be biased "
+                                "(raise target_accept, reparameterise, or check the model)")
+            if np.isfinite(d["max_r_hat"]) and d["max_r_hat"] > 1.01:
+                problems.append(f"R-hat up to {d['max_r_hat']:.3f} (> 1.01): chains disagree; run longer")
+            if np.isfinite(d["min_ess_bulk"]) and d["min_ess_bulk"] < min(400, 0.1 * n_draws):
+                problems.append(f"bulk ESS as low as {d['min_ess_bulk']:.0f}: intervals are imprecise")
+            low_bfmi = [b for b in d["bfmi"] if b < 0.3]
+            if low_bfmi:
+                problems.append(f"E-BFMI {min(low_bfmi):.2f} < 0.3 in {len(low_bfmi)} chain(s)")
+        elif not d["converged"]:
+            problems.append(f"{self.method.upper()} optimisation did not converge")
+        if warn:
+            for p in problems:
+                warnings.warn(p, ConvergenceWarning, stacklevel=3)
+        return problems
+
+    def typical_values(self) -> dict:
+        """Posterior means of the typical values ``{name: value}``."""
+        post = self.idata.posterior
+        return {n[3:]: float(post[n].mean()) for n in post.data_vars if n.startswith("tv_")}
+
+    def save(self, path) -> None:
+        """Write the fit to netCDF atomically (an interrupted save leaves no file)."""
+        meta = {"model_name": self.model_name, "card": self.card, "dataset_hash": self.dataset_hash,
+                "settings": self.settings, "pkpd_version": _version()}
+        idata = self.idata.copy()
+        idata.posterior.attrs["pkpd"] = json.dumps(meta, default=_json_default)
+        with atomic_path(path, ".nc") as tmp:
+            idata.to_netcdf(str(tmp), engine="h5netcdf")
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, (np.ndarray, tuple, set)):
+        return list(obj)
+    return str(obj)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def load_fit(path) -> Fit:
+    """Read a fit written by :meth:`Fit.save`."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise PkpdError(f"fit file {str(path)!r} does not exist")
+    try:
+        idata = az.from_netcdf(str(path), engine="h5netcdf")
+        meta = json.loads(idata.posterior.attrs["pkpd"])
+    except (OSError, KeyError, ValueError) as err:
+        raise PkpdError(f"{path} is not a pkpd fit file: {err}") from None
+    idata.load() if hasattr(idata, "load") else None
+    return Fit(idata, card=meta["card"], model_name=meta["model_name"], dataset_hash=meta["dataset_hash"],
+               settings=meta["settings"])
+
+
+
