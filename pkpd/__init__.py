@@ -27,9 +27,12 @@ from .errors import PkpdError as PkpdError
 from .fit import Fit as Fit
 from .fit import fit as fit
 from .fit import load_fit as load_fit
+from .forecast import Forecast as Forecast
+from .forecast import forecast as forecast
 from .model import Model as Model
 from .model import load_model as load_model
 from .predict import predict_pk as predict_pk
+from .recommend import recommend_dose as recommend_dose
 from .regimen import Regimen as Regimen
 from .regimen import parse_regimen as parse_regimen
 from .simulate import simulate as simulate

@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # Command modules, in the order `pkpd --help` lists them.
-_COMMANDS = ["demo", "check", "pk", "models", "simulate", "fit"]
+_COMMANDS = ["demo", "check", "pk", "models", "simulate", "fit", "forecast"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,220 @@
+"""Population fitting: recovery, log density, censoring, save/load, reproducibility, CLI."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import jax
+import jax.flatten_util
+import numpy as np
+import pandas as pd
+import pytest
+
+import pkpd
+from pkpd.cards import list_cards, load_card
+from pkpd.fit import fit, load_fit
+from pkpd.solve import SolverOptions
+from pkpd.statmodel import FitSpec, PopulationProblem
+
+CARD = "friberg2002_docetaxel_linear"
+TRUE = {"Circ0": 6.0, "slope": 12.0}  # the card's prior medians are 5.05 and 8.58
+ANC_DAYS = (0, 3, 5, 7, 9, 11, 14, 17, 21)
+FAST = SolverOptions(solver="rk4-grid")
+
+
+def card_with(name, values=None, omega=None, sd=None):
+    """A copy of a card with other parameter values / IIV SDs / residual SD (for simulation truth)."""
+    card = copy.deepcopy(load_card(name))
+    for section in (card.pk.parameters, card.pd.parameters):
+        for p, spec in section.items():
+            if values and p in values:
+                section[p] = dataclasses.replace(spec, value=values[p])
+            if omega and p in omega:
+                section[p] = dataclasses.replace(section[p], omega=omega[p])
+    if sd is not None:
+        for o, e in card.error.items():
+            card.error[o] = dataclasses.replace(e, sd=sd)
+    return card
+
+
+def study(n=30, seed=1, lloq=None):
+    """n patients, docetaxel 180 mg as a 1-h infusion, ANC on ANC_DAYS, simulated from the truth."""
+    truth = pkpd.Model(card_with(CARD, TRUE, omega={"Circ0": 0.3, "MTT": 0.0, "slope": 0.3}, sd=0.2))
+    rows = []
+    for sid in range(1, n + 1):
+        rows.append(dict(ID=sid, TIME=0.0, DV=np.nan, AMT=180.0, EVID=1, MDV=1, CMT=1, RATE=180.0, DVID=0))
+        rows += [dict(ID=sid, TIME=24.0 * d + (0.5 if d == 0 else 0.0), DV=np.nan, AMT=0.0, EVID=0, MDV=0, CMT=0,
+                      RATE=0.0, DVID=2) for d in ANC_DAYS]
+    design = pd.DataFrame(rows)
+    for c in ("II", "ADDL", "SS"):
+        design[c] = 0
+    sim = pkpd.simulate(truth, design, seed=seed).drop(columns=["IPRED"])
+    if lloq is not None:
+        obs = sim["EVID"] == 0
+        sim["LLOQ"] = np.where(obs, lloq, np.nan)
+        sim["CENS"] = (obs & (sim["DV"] < lloq)).astype(int)
+        sim.loc[sim["CENS"] == 1, "DV"] = lloq
+    return pkpd.read_dataset(sim)
+
+
+@pytest.fixture(scope="module")
+def data30():
+    return study()
+
+
+@pytest.fixture(scope="module")
+def nuts_fit(data30):
+    return fit(CARD, data30, method="nuts", chains=2, warmup=200, samples=200, seed=3, progress=False,
+               fixed=("gamma", "MTT"), solver=FAST)
+
+
+def test_nuts_recovers_typical_values(nuts_fit):
+    """95% intervals of the typical values cover the truth (which differs from the prior median)."""
+    post = nuts_fit.idata.posterior
+    for p, true in TRUE.items():
+        x = post[f"tv_{p}"].values.ravel()
+        lo, hi = np.quantile(x, [0.025, 0.975])
+        assert lo <= true <= hi, f"{p}: 95% interval [{lo:.3g}, {hi:.3g}] misses {true}"
+    diag = nuts_fit.diagnostics()
+    assert diag["max_r_hat"] < 1.05 and diag["divergences"] <= 2, diag
+    table = nuts_fit.summary()
+    assert {"mean", "sd", "q5%", "q95%", "ess_bulk", "ess_tail", "r_hat"} <= set(table.columns)
+    assert {"tv_Circ0", "tv_slope", "omega_Circ0", "omega_slope", "sigma_ANC"} <= set(table.index)
+    assert nuts_fit.idata.log_likelihood["DV"].shape[-1] == 30 * len(ANC_DAYS)
+
+
+@pytest.mark.parametrize("method", ["svi", "map"])
+def test_svi_and_map_agree_with_nuts(nuts_fit, data30, method):
+    """SVI and MAP typical values within 15% of the NUTS posterior means."""
+    other = fit(CARD, data30, method=method, seed=3, progress=False, fixed=("gamma", "MTT"), solver=FAST,
+                svi_steps=6000, learning_rate=0.02, svi_draws=200)
+    for p in TRUE:
+        ref = float(nuts_fit.idata.posterior[f"tv_{p}"].mean())
+        got = float(other.idata.posterior[f"tv_{p}"].mean())
+        assert abs(got / ref - 1) < 0.15, f"{method} {p}: {got:.4g} vs NUTS {ref:.4g}"
+
+
+def test_fit_is_reproducible_and_round_trips(tmp_path, data30):
+    a = fit(CARD, data30, method="nuts", chains=1, warmup=20, samples=20, seed=11, progress=False,
+            fixed=("gamma", "MTT"), solver=FAST)
+    b = fit(CARD, data30, method="nuts", chains=1, warmup=20, samples=20, seed=11, progress=False,
+            fixed=("gamma", "MTT"), solver=FAST)
+    np.testing.assert_array_equal(a.idata.posterior["tv_slope"].values, b.idata.posterior["tv_slope"].values)
+    path = tmp_path / "fit.nc"
+    a.save(path)
+    back = load_fit(path)
+    for v in a.idata.posterior.data_vars:
+        np.testing.assert_array_equal(back.idata.posterior[v].values, a.idata.posterior[v].values)
+    assert back.dataset_hash == data30.hash and back.model_name == CARD
+    assert back.settings["seed"] == 11 and back.settings["spec"]["fixed"] == ["gamma", "MTT"]
+    assert back.card["name"] == CARD
+
+
+def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch, data30):
+    result = fit(CARD, data30, method="map", svi_steps=500, progress=False, fixed=("gamma", "MTT"), solver=FAST)
+    path = tmp_path / "fit.nc"
+    path.write_text("previous contents")
+
+    def broken(self, filename, *args, **kwargs):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    import arviz as az
+
+    monkeypatch.setattr(az.InferenceData, "to_netcdf", broken)
+    with pytest.raises(KeyboardInterrupt):
+        result.save(path)
+    assert path.read_text() == "previous contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.nc"]
+
+
+def test_m3_censoring_recovers_where_dropping_biases():
+    """Many counts below LLOQ = 1.0: M3 recovers the slope, dropping them underestimates it."""
+    data = study(n=30, seed=5, lloq=1.0)
+    assert data.df["CENS"].sum() > 30
+    got = {}
+    for method in ("M3", "drop"):
+        res = fit(CARD, data, method="map", svi_steps=6000, learning_rate=0.02, progress=False,
+                  fixed=("gamma", "MTT"), censoring=method, solver=FAST)
+        got[method] = res.typical_values()["slope"]
+    err_m3 = abs(np.log(got["M3"] / TRUE["slope"]))
+    err_drop = abs(np.log(got["drop"] / TRUE["slope"]))
+    assert err_m3 < 0.12, got
+    assert got["drop"] < got["M3"] and err_drop > err_m3 + 0.05, got
+
+
+def _card_data(card):
+    """A tiny data set (plausible constant values) that any shipped card can be fitted to."""
+    from pkpd.simulate import OUTPUT_DVID
+
+    model = pkpd.load_model(card.name)
+    cov = dict(SEX=1, PERF=0, PC=0, AAG=1.34, BSA=1.8, AGE=50, ALB=4.0, BASE=5.0, CL=38.0, V1=7.4, Q2=7.8,
+               V2=5.2, Q3=9.3, V3=111.0, CLI=471.0, V1I=545.0, V2I=909.0, CP=0.0)
+    values = {"CONC": 0.05, "ANC": 3.0, "WBC": 5.0}
+    rows = []
+    for sid in (1, 2, 3):
+        rows.append(dict(ID=sid, TIME=0.0, DV=np.nan, AMT=100.0, EVID=1, MDV=1, CMT=1, RATE=100.0, DVID=0))
+        for out in model.outputs:
+            rows += [dict(ID=sid, TIME=t, DV=values[out] * (1 + 0.1 * sid), AMT=0.0, EVID=0, MDV=0, CMT=0,
+                          RATE=0.0, DVID=OUTPUT_DVID[out]) for t in (2.0, 72.0, 168.0, 240.0, 336.0)]
+    df = pd.DataFrame(rows).sort_values(["ID", "TIME", "DVID"], kind="stable")
+    for c in ("II", "ADDL", "SS"):
+        df[c] = 0
+    for k, v in cov.items():
+        df[k] = v
+    return model, pkpd.read_dataset(df)
+
+
+def _log_density(problem):
+    """(jitted value-and-grad of the log joint density in constrained space, initial values)."""
+    from numpyro.infer.util import log_density
+
+    init = problem.initial_values()
+    model = problem.numpyro_model()
+    flat, unravel = jax.flatten_util.ravel_pytree(init)
+    f = jax.jit(jax.value_and_grad(lambda x: log_density(model, (), {}, unravel(x))[0]))
+    return f, flat
+
+
+@pytest.mark.parametrize("card", [c for c in list_cards()], ids=lambda c: c.name)
+def test_log_density_and_gradient_at_prior_median(card):
+    """Finite log density and gradient at the prior median for every card; gradient vs finite differences."""
+    model, data = _card_data(card)
+    tight = SolverOptions(rtol=1e-10, atol=1e-12, max_steps=20000)  # so finite differences are not solver noise
+    f, flat = _log_density(PopulationProblem(model, data, FitSpec(solver=tight)))
+    value, grad = f(flat)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+    assert np.abs(np.asarray(grad)).max() > 0
+    rng = np.random.default_rng(0)
+    scale = np.maximum(np.abs(np.asarray(flat)), 0.1)  # stay inside the support (positive SDs)
+    for _ in range(2):
+        v = rng.normal(size=flat.shape) * scale
+        v /= np.linalg.norm(v)
+        h = 1e-5
+        fd = (float(f(flat + h * v)[0]) - float(f(flat - h * v)[0])) / (2 * h)
+        assert fd == pytest.approx(float(grad @ v), rel=1e-4, abs=1e-4)
+
+
+def test_failed_solve_is_minus_infinity_not_an_exception(data30):
+    """An ODE solve that fails (step budget exhausted) gives a -inf log density, not an error."""
+    spec = FitSpec(fixed=("gamma", "MTT"), solver=SolverOptions(max_steps=3))
+    f, flat = _log_density(PopulationProblem(pkpd.load_model(CARD), data30, spec))
+    value, _ = f(flat)
+    assert float(value) == -np.inf
+
+
+def test_cli_fit_and_errors(tmp_path, capsys):
+    from pkpd.cli import main
+
+    out = tmp_path / "fit.nc"
+    status = main(["fit", "data/example.csv", "--model", "kloft2006_docetaxel", "--method", "map", "--steps", "500",
+                   "--no-progress", "--out", str(out)])
+    assert status == 0 and out.is_file()
+    printed = capsys.readouterr().out
+    assert "tv_slope" in printed and "wrote" in printed
+    assert main(["fit", "data/example.csv", "--model", "nope", "--out", str(tmp_path / "x.nc")]) == 2
+    assert main(["fit", "missing.csv", "--model", CARD, "--out", str(tmp_path / "x.nc")]) == 2
+    assert main(["fit", "data/example.csv", "--model", CARD, "--chains", "0", "--out", str(tmp_path / "x.nc")]) == 2
+    assert "--chains must be >= 1" in capsys.readouterr().err

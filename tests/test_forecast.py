@@ -1,0 +1,232 @@
+"""Individual forecasts (pkpd.forecast), dose recommendation and the ``pkpd forecast`` command.
+
+Compiled functions are shared between tests: every forecast here uses the same draws /
+warmup (static sizes), and observation arrays are padded to 16 slots, so one compile per
+method serves every data cut-off.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pkpd
+from pkpd import forecast as fmod
+from pkpd.errors import PkpdError
+from pkpd.forecast import forecast
+from pkpd.recommend import recommend_dose
+from pkpd.report import validate_forecast_json
+
+CARD = "kloft2006_docetaxel"
+COV = {"BSA": 1.8, "SEX": 1, "PERF": 0, "PC": 0, "AAG": 1.34}
+KW = dict(draws=200, warmup=150, seed=1)
+
+
+@pytest.fixture(scope="module")
+def patient():
+    """One virtual patient (fixed seed), daily ANC for 21 days, and the true hourly IPRED."""
+    days = np.arange(0, 22 * 24, 24.0)
+    sim, par = pkpd.simulate(CARD, "100 mg/m2 1h", 1, seed=5, times=days, covariates=COV, return_parameters=True)
+    hourly, par2 = pkpd.simulate(CARD, "100 mg/m2 1h", 1, seed=5, times=np.arange(0, 22 * 24 + 1, 1.0),
+                                 covariates=COV, residual=False, return_parameters=True)
+    pd.testing.assert_frame_equal(par, par2)
+    ipred = hourly[hourly["EVID"] == 0]
+    ipred = ipred[ipred["TIME"] > 24]
+    return {"sim": sim.drop(columns="IPRED"), "true_nadir": float(ipred["IPRED"].min()), "par": par}
+
+
+def cut(sim, day):
+    return pkpd.read_dataset(sim[sim["TIME"] <= day * 24 + 1e-9].reset_index(drop=True))
+
+
+def width(fc):
+    n = fc.entries[0]["nadir"]
+    return np.log(n["hi"]) - np.log(n["lo"])
+
+
+@pytest.fixture(scope="module")
+def laplace(patient):
+    return {d: forecast(CARD, cut(patient["sim"], d), method="laplace", **KW) for d in (3, 7, 9)}
+
+
+@pytest.fixture(scope="module")
+def nuts(patient):
+    return {d: forecast(CARD, cut(patient["sim"], d), method="nuts", **KW) for d in (3, 9)}
+
+
+@pytest.mark.parametrize("method", ["laplace", "nuts"])
+def test_interval_contains_true_nadir_and_narrows(method, laplace, nuts, patient):
+    fcs = laplace if method == "laplace" else nuts
+    truth = patient["true_nadir"]
+    for day in (7, 9):
+        if day not in fcs:
+            continue
+        n = fcs[day].entries[0]["nadir"]
+        assert n["lo"] <= truth <= n["hi"], (day, n, truth)
+    assert width(fcs[9]) < 0.8 * width(fcs[3])
+    fc = fcs[9]
+    assert fc.trajectories.shape == (KW["draws"], 1, 1, fc.time_h.size)
+    assert fc.time_h[0] == 0 and fc.time_h[-1] == pytest.approx(9 * 24 + 504)
+    assert fc.diagnostics["converged"] == [True]
+
+
+def test_methods_agree(laplace, nuts):
+    a, b = laplace[9].entries[0]["nadir"], nuts[9].entries[0]["nadir"]
+    assert abs(np.log(a["median"]) - np.log(b["median"])) < 0.3
+    assert nuts[9].diagnostics["divergences"][0] <= 5
+
+
+def test_no_recompilation_with_one_more_observation(patient, laplace):
+    before = fmod.trace_counts()
+    fc = forecast(CARD, cut(patient["sim"], 8), method="laplace", **KW)
+    assert fmod.trace_counts() == before
+    assert len(fc.entries) == 1
+
+
+def test_json_round_trip_and_plot(laplace, tmp_path):
+    fc = laplace[7]
+    obj = fc.to_json()
+    validate_forecast_json(obj)
+    assert obj["prior"] == CARD and obj["model"] == CARD and obj["horizon_h"] == 504.0
+    path = tmp_path / "fc.json"
+    fc.to_json(path)
+    back = json.loads(path.read_text())
+    assert back == obj
+    validate_forecast_json(back)
+    png = tmp_path / "fc.png"
+    fc.plot(png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = fc.table()
+    assert list(table["id"]) == ["1"] and 6 < table["nadir_day"][0] < 11
+    # draws frame and posterior predictive
+    assert set(["Circ0", "MTT", "slope", "sigma_ANC", "z_Circ0"]) <= set(fc.draws.columns)
+    pp = fc.predictive(8 * 24)
+    assert pp.shape == (KW["draws"], 1, 1) and np.all(pp > 0)
+
+
+def test_bad_input(patient):
+    ds = cut(patient["sim"], 7)
+    with pytest.raises(PkpdError, match=r"unknown patient ID.*\[99\]"):
+        forecast(CARD, ds, ids=[99], method="laplace", **KW)
+    with pytest.raises(PkpdError, match=r"regimen in the past.*48 h.*168 h"):
+        forecast(CARD, ds, "100 mg/m2 1h @48h", method="laplace", **KW)
+    with pytest.raises(PkpdError, match="horizon must be > 0"):
+        forecast(CARD, ds, horizon=-5, method="laplace", **KW)
+    with pytest.raises(PkpdError, match="horizon must be > 0"):
+        forecast(CARD, ds, horizon="0d", method="laplace", **KW)
+    no_counts = patient["sim"][(patient["sim"]["EVID"] == 1) | (patient["sim"]["TIME"] > 1e6)]
+    no_counts = pd.concat([no_counts, no_counts.assign(TIME=1.0, EVID=2, AMT=0.0, RATE=0.0, MDV=1)])
+    with pytest.raises(PkpdError, match="no ANC observations"):
+        forecast(CARD, no_counts.sort_values("TIME").reset_index(drop=True), method="laplace", **KW)
+    with pytest.raises(PkpdError, match="method"):
+        forecast(CARD, ds, method="mcmc")
+
+
+def test_regimen_alternatives(patient):
+    ds = cut(patient["sim"], 9)
+    fc = forecast(CARD, ds, ["100 mg/m2 1h @504h", "75 mg/m2 1h @504h", None, "100 mg/m2 1h @510h"],
+                  method="laplace", regimen_names=["full", "reduced", "none", "delayed"], **KW)
+    assert fc.regimens == ["full", "reduced", "none", "delayed"]
+    assert fc.trajectories.shape[2] == 4
+    assert list(fc.after[0]) == [504.0, 504.0, 0.0, 510.0]
+    full, reduced, nothing, delayed = fc.entries
+    assert nothing["p_grade"]["4"] == fc.project(None).entries[0]["p_grade"]["4"]
+    assert reduced["nadir"]["median"] > full["nadir"]["median"]
+    assert full["nadir"]["time_h"]["median"] > 504
+    validate_forecast_json(fc.to_json())
+
+
+def synthetic_fit(n_draws, seed=0):
+    """A population posterior around the card's values, shaped like ``pkpd.fit`` output (fitting itself
+    is tested elsewhere and is too slow here; a real SVI fit also works as a prior)."""
+    import arviz as az
+
+    model = pkpd.load_model(CARD)
+    rng = np.random.default_rng(seed)
+    post = {}
+    for p in ("Circ0", "MTT", "slope", "gamma"):
+        lt = np.log(model.parameters[p].value) + (0.1 * rng.standard_normal(n_draws) if n_draws > 1 else 0.0)
+        post[f"log_tv_{p}"] = np.reshape(lt, (1, n_draws))
+        post[f"tv_{p}"] = np.exp(post[f"log_tv_{p}"])
+    for p in ("Circ0", "MTT", "slope"):
+        e = 0.15 * rng.standard_normal(n_draws) if n_draws > 1 else 0.0
+        post[f"omega_{p}"] = np.reshape(model.parameters[p].omega * np.exp(e), (1, n_draws))
+    e = 0.05 * rng.standard_normal(n_draws) if n_draws > 1 else 0.0
+    post["sigma_ANC"] = np.reshape(model.card.error["ANC"].sd * np.exp(e), (1, n_draws))
+    return pkpd.Fit(az.from_dict(posterior=post), card=model.card.raw, model_name=CARD, dataset_hash="",
+                    settings={"method": "nuts", "spec": pkpd.FitSpec().as_dict()})
+
+
+def test_fit_prior_integrates_population_uncertainty(patient, tmp_path):
+    target = cut(patient["sim"], 5)
+    fit = synthetic_fit(400)
+    fc = forecast(fit, target, method="laplace", **KW)
+    assert fc.diagnostics["integrated_population"]
+    assert fc.prior_name.startswith("fit of")
+    validate_forecast_json(fc.to_json())
+    # the posterior collapsed onto one point (like a MAP fit): a plug-in prior
+    fc_plug = forecast(synthetic_fit(1), target, method="laplace", **KW)
+    assert not fc_plug.diagnostics["integrated_population"]
+    assert width(fc) >= 0.95 * width(fc_plug)
+    # a saved fit works as a prior too, with the same result
+    path = tmp_path / "fit.nc"
+    fit.save(path)
+    fc_path = forecast(str(path), target, method="laplace", **KW)
+    assert fc_path.to_json()["prior"] == str(path)
+    assert fc_path.entries[0]["nadir"]["median"] == pytest.approx(fc.entries[0]["nadir"]["median"], rel=1e-6)
+
+
+def test_recommend_dose(patient):
+    ds = cut(patient["sim"], 14)
+    res = recommend_dose(CARD, ds, candidates=[60, 75, 85, 100], target=0.5, start=504.0, **KW)
+    p = res["p_grade"].to_numpy()
+    assert list(res["dose"]) == [60, 75, 85, 100]
+    assert np.all(np.diff(p) >= 0)
+    ok = res.loc[res["p_grade"] <= 0.5, "dose"]
+    expected = None if ok.empty else float(ok.max())
+    assert res.attrs["recommended"] == expected
+    assert res["recommended"].sum() == (0 if expected is None else 1)
+    none = recommend_dose(CARD, ds, candidates=[60, 75, 85, 100], target=0.0, start=504.0, **KW)
+    if (none["p_grade"] > 0).all():
+        assert none.attrs["recommended"] is None and "no dose" in none.attrs["message"]
+    with pytest.raises(PkpdError, match="either candidates"):
+        recommend_dose(CARD, ds)
+
+
+def run_cli(argv):
+    """``pkpd.cli.main``, also before ``forecast`` is registered in ``_COMMANDS``."""
+    from pkpd import cli
+    from pkpd.cli import forecast as cli_forecast
+
+    if "forecast" in cli._COMMANDS:
+        return cli.main(argv)
+    parser = cli._Parser(prog="pkpd")
+    cli_forecast.add_parser(parser.add_subparsers(dest="command", parser_class=cli._Parser))
+    args = parser.parse_args(argv)
+    pkpd.enable_x64()
+    try:
+        return int(args.func(args) or 0)
+    except PkpdError as err:
+        import sys
+
+        print(f"pkpd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def test_cli_forecast(patient, tmp_path, capsys):
+    data = tmp_path / "patient.csv"
+    patient["sim"][patient["sim"]["TIME"] <= 7 * 24].to_csv(data, index=False, na_rep=".")
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    code = run_cli(["forecast", "--prior", CARD, "--data", str(data), "--method", "laplace", "--draws", "200",
+                    "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "nadir" in text and "P(grade 4)" in text
+    validate_forecast_json(json.loads(out.read_text()))
+    assert png.is_file()
+    code = run_cli(["forecast", "--prior", CARD, "--data", str(data), "--regimen", "100 mg/m2 1h @24h"])
+    assert code == 2
+    assert "regimen in the past" in capsys.readouterr().err

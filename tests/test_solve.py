@@ -1,0 +1,61 @@
+"""The fixed-grid RK4 likelihood solver against tight adaptive solves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+import pkpd
+from pkpd.simulate import solve_design
+from pkpd.solve import SolverOptions
+from pkpd.statmodel import FitSpec, PopulationProblem
+
+TIGHT = SolverOptions(rtol=1e-11, atol=1e-13, max_steps=100_000)
+
+
+def _design(doses, times, dvid=2):
+    rows = [dict(ID=1, TIME=t, DV=np.nan, AMT=a, EVID=1, MDV=1, CMT=1, RATE=r, II=ii, ADDL=addl, SS=0, DVID=0)
+            for t, a, r, ii, addl in doses]
+    rows += [dict(ID=1, TIME=float(t), DV=np.nan, AMT=0.0, EVID=0, MDV=1, CMT=0, RATE=0.0, II=0.0, ADDL=0, SS=0,
+                  DVID=dvid) for t in times]
+    df = pd.DataFrame(rows).sort_values("TIME", kind="stable").reset_index(drop=True)
+    for k, v in dict(SEX=1, PERF=0, PC=0, AAG=1.34).items():
+        df[k] = v
+    return df
+
+
+def _max_rel_error(model, df, options):
+    theta = model.individual_parameters(model.subject_covariates(df, [1]), n=1)
+    ref, ok_ref, _ = solve_design(model, df, theta, TIGHT)
+    got, ok, steps = solve_design(model, df, theta, options)
+    obs = df["EVID"].to_numpy() == 0
+    assert ok.all() and ok_ref.all()
+    return float(np.max(np.abs(got[obs] - ref[obs]) / np.abs(ref[obs]))), int(steps[0])
+
+
+def test_grid_oral_daily_dosing():
+    """Oral 2-cmt PK (the Friberg benchmark card), 7 daily doses: default grid within 1e-4."""
+    model = pkpd.load_model("pumas2023_friberg_benchmark")
+    df = _design([(0.0, 80.0, 0.0, 24.0, 6)], np.arange(0.0, 28 * 24 + 1, 12.0))
+    err, steps = _max_rel_error(model, df, SolverOptions(solver="rk4-grid"))
+    assert err < 1e-4, err
+    coarse, _ = _max_rel_error(model, df, SolverOptions(solver="rk4-grid", grid_fine=1.0, grid_medium=4.0,
+                                                          grid_coarse=24.0))
+    assert coarse > 3 * err  # the error really depends on the grid (the check can fail)
+
+
+def test_grid_iv_bolus_enters_the_step_that_starts_at_the_dose():
+    """IV boluses at grid times: the drive jumps; a fine grid converges to the adaptive solution."""
+    model = pkpd.load_model("friberg2002_docetaxel_linear")
+    df = _design([(0.0, 180.0, 0.0, 0.0, 0), (504.0, 180.0, 0.0, 0.0, 0)], np.arange(0.0, 42 * 24 + 1, 24.0))
+    err, _ = _max_rel_error(model, df, SolverOptions(solver="rk4-grid", grid_fine=0.01, grid_medium=0.05))
+    assert err < 1e-3, err
+
+
+def test_problem_refines_the_grid_until_it_matches():
+    """On the docetaxel example data (fast IV PK, strong effect) the default grid is refined at set-up."""
+    data = pkpd.read_dataset("data/example.csv")
+    problem = PopulationProblem(pkpd.load_model("kloft2006_docetaxel"), data,
+                                FitSpec(solver=SolverOptions(solver="rk4-grid")))
+    assert problem.grid_error is not None and problem.grid_error <= 1e-4
+    assert problem.solver.solver == "rk4-grid" and problem.solver.grid_fine < 0.25
