@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--solver", default="rk4-grid", choices=["rk4-grid", "tsit5"])
     parser.add_argument("--external", default=str(Path(__file__).resolve().parents[2] / "shared" / "external"))
     parser.add_argument("--out", help="also save the fit (netCDF) here")
+    parser.add_argument("--progress", action="store_true", help="show NUTS progress bars")
     args = parser.parse_args()
 
     import arviz as az
@@ -125,7 +126,7 @@ def main() -> None:
     start = time.perf_counter()
     fit = pkpd.fit(CARD, dataset, method="nuts", spec=spec, chains=args.chains, warmup=args.warmup,
                    samples=args.samples, seed=args.seed, dense_mass=[tv_sites], chain_method="sequential",
-                   progress=sys.stdout.isatty(), log_likelihood=False)
+                   progress=args.progress or sys.stdout.isatty(), log_likelihood=False)
     wall = time.perf_counter() - start
     sampling = fit.settings["sampling_time_s"]
     if args.out:

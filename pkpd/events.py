@@ -191,7 +191,8 @@ def evaluation_keys(df: pd.DataFrame, rows, ids=None, *, n_subjects=None, min_po
     """Padded evaluation keys ``(time, order)`` for the given rows of ``df``.
 
     Returns ``(time, order, row, mask)``, arrays ``[n_subjects, n_points]`` where
-    ``row`` is the row position (-1 padding). Rows keep file order within a subject.
+    ``row`` is the row position (-1 padding). Rows keep file order within a subject;
+    padding repeats the subject's last time (so sorted times stay sorted for solvers).
     """
     df = df.reset_index(drop=True)
     if ids is None:
@@ -208,6 +209,7 @@ def evaluation_keys(df: pd.DataFrame, rows, ids=None, *, n_subjects=None, min_po
     tcol = df["TIME"].to_numpy(float)
     for s, r in enumerate(per):
         time[s, : len(r)] = tcol[r]
+        time[s, len(r):] = tcol[r[-1]] if len(r) else 0.0
         order[s, : len(r)] = r
         row[s, : len(r)] = r
         mask[s, : len(r)] = True

@@ -257,7 +257,8 @@ def _population(prior: _Prior, problem: PopulationProblem):
     post = prior.fit.idata.posterior
     cols = []
     for n in names:
-        var = n[len("log_"):] if n.startswith("log_tv_") else n[len("log_"):]
+        # log typical values are posterior variables themselves; omegas and sigmas are logged here
+        var = n if n.startswith("log_tv_") else n[len("log_"):]
         if var not in post:
             raise PkpdError(f"the fit has no posterior of {var!r} needed by the forecast model "
                             f"(it has {sorted(post.data_vars)})")

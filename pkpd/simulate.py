@@ -93,9 +93,6 @@ def solve_design(model: Model, df: pd.DataFrame, theta: dict, options: SolverOpt
     n_sub = bucket_size(len(ids))
     rows = np.flatnonzero(df["EVID"].to_numpy(int) == 0)
     t, order, row, mask = evaluation_keys(df, rows, ids, n_subjects=n_sub)
-    # Padding repeats each subject's last time so the output times stay sorted.
-    last = np.where(mask.any(1), np.max(np.where(mask, t, -np.inf), axis=1), 0.0)
-    t = np.where(mask, t, last[:, None])
     if np.any(np.diff(t, axis=1) < 0):
         raise ModelError("observation times must not decrease within a subject for PD simulation")
     dynamics, data = model.prepare(df, ids, n_subjects=n_sub, eval_times=t, eval_mask=mask, options=options)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pkpd.config import enable_x64
+from pkpd.config import enable_compilation_cache, enable_x64
 
 enable_x64()
+# Tests build the same model structures repeatedly (every fit makes new jitted functions):
+# JAX's persistent cache turns the repeated compilations into cache hits.
+enable_compilation_cache(os.environ.get("PKPD_TEST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "pkpd", "jax-tests")))
 
 #: ``../shared/external`` beside the checkout (or $PKPD_EXTERNAL), used by opt-in tests.
 EXTERNAL = Path(os.environ.get("PKPD_EXTERNAL", Path(__file__).resolve().parents[1].parent / "shared" / "external"))

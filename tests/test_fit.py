@@ -65,8 +65,8 @@ def data30():
 
 @pytest.fixture(scope="module")
 def nuts_fit(data30):
-    return fit(CARD, data30, method="nuts", chains=2, warmup=200, samples=200, seed=3, progress=False,
-               fixed=("gamma", "MTT"), solver=FAST)
+    return fit(CARD, data30, method="nuts", chains=2, warmup=150, samples=150, seed=3, progress=False,
+               fixed=("gamma", "MTT"), solver=FAST, max_tree_depth=6)
 
 
 def test_nuts_recovers_typical_values(nuts_fit):
@@ -96,10 +96,10 @@ def test_svi_and_map_agree_with_nuts(nuts_fit, data30, method):
 
 
 def test_fit_is_reproducible_and_round_trips(tmp_path, data30):
-    a = fit(CARD, data30, method="nuts", chains=1, warmup=20, samples=20, seed=11, progress=False,
-            fixed=("gamma", "MTT"), solver=FAST)
-    b = fit(CARD, data30, method="nuts", chains=1, warmup=20, samples=20, seed=11, progress=False,
-            fixed=("gamma", "MTT"), solver=FAST)
+    a = fit(CARD, data30, method="nuts", chains=1, warmup=5, samples=10, seed=11, progress=False,
+            fixed=("gamma", "MTT"), solver=FAST, max_tree_depth=4, log_likelihood=False)
+    b = fit(CARD, data30, method="nuts", chains=1, warmup=5, samples=10, seed=11, progress=False,
+            fixed=("gamma", "MTT"), solver=FAST, max_tree_depth=4, log_likelihood=False)
     np.testing.assert_array_equal(a.idata.posterior["tv_slope"].values, b.idata.posterior["tv_slope"].values)
     path = tmp_path / "fit.nc"
     a.save(path)
@@ -131,8 +131,8 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch, data30):
 
 
 def test_m3_censoring_recovers_where_dropping_biases():
-    """Many counts below LLOQ = 1.0: M3 recovers the slope, dropping them underestimates it."""
-    data = study(n=30, seed=5, lloq=1.0)
+    """Many counts below LLOQ = 1.5: M3 recovers the slope, dropping them underestimates it."""
+    data = study(n=30, seed=5, lloq=1.5)
     assert data.df["CENS"].sum() > 30
     got = {}
     for method in ("M3", "drop"):
@@ -142,7 +142,7 @@ def test_m3_censoring_recovers_where_dropping_biases():
     err_m3 = abs(np.log(got["M3"] / TRUE["slope"]))
     err_drop = abs(np.log(got["drop"] / TRUE["slope"]))
     assert err_m3 < 0.12, got
-    assert got["drop"] < got["M3"] and err_drop > err_m3 + 0.05, got
+    assert got["drop"] < got["M3"] and err_drop > err_m3 + 0.03, got
 
 
 def _card_data(card):
@@ -209,8 +209,8 @@ def test_cli_fit_and_errors(tmp_path, capsys):
     from pkpd.cli import main
 
     out = tmp_path / "fit.nc"
-    status = main(["fit", "data/example.csv", "--model", "kloft2006_docetaxel", "--method", "map", "--steps", "500",
-                   "--no-progress", "--out", str(out)])
+    status = main(["fit", "data/example.csv", "--model", CARD, "--method", "map", "--steps", "500",
+                   "--fix", "gamma,MTT", "--solver", "rk4-grid", "--no-progress", "--out", str(out)])
     assert status == 0 and out.is_file()
     printed = capsys.readouterr().out
     assert "tv_slope" in printed and "wrote" in printed

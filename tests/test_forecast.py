@@ -171,6 +171,10 @@ def test_fit_prior_integrates_population_uncertainty(patient, tmp_path):
     fc_plug = forecast(synthetic_fit(1), target, method="laplace", **KW)
     assert not fc_plug.diagnostics["integrated_population"]
     assert width(fc) >= 0.95 * width(fc_plug)
+    # the fit's posterior sits at the card's values: the forecasts agree with the card prior's
+    card_fc = forecast(CARD, target, method="laplace", **KW)
+    for f in (fc, fc_plug):
+        assert f.entries[0]["nadir"]["median"] == pytest.approx(card_fc.entries[0]["nadir"]["median"], rel=0.25)
     # a saved fit works as a prior too, with the same result
     path = tmp_path / "fit.nc"
     fit.save(path)

@@ -1,23 +1,31 @@
 """``pkpd demo``: the main job on the shipped example data.
 
-Validates ``data/example.csv`` and prints the drug concentrations the docetaxel
-3-compartment PK of the Kloft 2006 card predicts beside the observed ones, then
-simulates the typical patient's ANC course for one cycle and reports nadir and recovery.
+Validates ``data/example.csv``, fits the population model (Kloft 2006 docetaxel card as
+prior) to seven of its eight patients, then forecasts the held-out patient's second
+cycle from the doses and counts of its first week, comparing the planned 100 mg/m2 with
+a 20% dose reduction; prints the table and writes the fan chart and the JSON into the
+output folder.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-import numpy as np
-
 DEMO_CARD = "kloft2006_docetaxel"
+CYCLE_H = 504.0
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the main job on the shipped example data",
                               description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--data", help="data set to use (default: the shipped data/example.csv)")
+    p.add_argument("--out", default="pkpd-demo", help="output folder (default ./pkpd-demo)")
+    p.add_argument("--method", choices=["svi", "nuts"], default="svi",
+                   help="population fit: SVI (default, about a minute) or NUTS (2 chains x 300, longer)")
+    p.add_argument("--forecast-method", choices=["nuts", "laplace"], default="nuts")
+    p.add_argument("--days", type=int, default=7, help="days of the held-out patient's counts used (default 7)")
+    p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=run)
 
 
@@ -25,10 +33,16 @@ def run(args) -> int:
     import pandas as pd
 
     from pkpd.cli._common import example_data
-    from pkpd.cli.pk import pk_from_card, predictions
+    from pkpd.config import enable_compilation_cache
     from pkpd.dataset import read_dataset
+    from pkpd.errors import PkpdError
+    from pkpd.fit import fit
+    from pkpd.forecast import forecast
     from pkpd.validation import check_dataset
 
+    enable_compilation_cache()
+    out = Path(args.out)
+    start = time.perf_counter()
     path = Path(args.data) if args.data else example_data()
     print(f"== 1. Validate {path}")
     report = check_dataset(path)
@@ -37,28 +51,46 @@ def run(args) -> int:
     print(report.summary())
     if report.errors:
         return 2
-    dataset = read_dataset(path)
+    data = read_dataset(path)
+    ids = list(data.ids)
+    if len(ids) < 3:
+        raise PkpdError("the demo needs at least 3 patients (one is held out)")
+    held_out, train = ids[-1], ids[:-1]
 
-    print(f"\n== 2. Docetaxel concentrations (mg/L): observed vs closed-form 3-cmt PK of card {DEMO_CARD}")
-    model, params = pk_from_card(DEMO_CARD)
-    table = predictions(dataset, model, params)
-    conc = table[table["TYPE"] == "CONC"].drop(columns=["TYPE", "DVID"])
+    print(f"\n== 2. Population fit ({args.method.upper()}) of {DEMO_CARD} to patients {train[0]}-{train[-1]}")
+    t0 = time.perf_counter()
+    if args.method == "svi":
+        population = fit(DEMO_CARD, data.subset(train), method="svi", seed=args.seed, svi_steps=4000,
+                         learning_rate=0.02, svi_draws=500, progress=False)
+    else:
+        population = fit(DEMO_CARD, data.subset(train), method="nuts", chains=2, warmup=300, samples=300,
+                         seed=args.seed, progress=False)
     with pd.option_context("display.width", 120):
-        print(conc.head(12).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    ratio = conc["DV"] / conc["PRED"]
-    print(f"... {len(conc)} concentrations; observed/predicted: median {np.median(ratio):.3f}, "
-          f"90% range {np.quantile(ratio, 0.05):.2f}-{np.quantile(ratio, 0.95):.2f}")
+        print(population.summary().to_string(float_format=lambda x: f"{x:.4g}"))
+    print(f"({time.perf_counter() - t0:.0f} s)")
 
-    print(f"\n== 3. Typical patient of {DEMO_CARD}: 100 mg/m2 1-h infusion, BSA 1.8 m2")
-    from pkpd.simulate import simulate
+    print(f"\n== 3. Forecast patient {held_out}'s second cycle from its first {args.days} days of counts")
+    patient = data.subset([held_out]).df
+    first_cycle = patient[patient["TIME"] <= 24.0 * args.days]  # doses and counts of the first week
+    regimens = {"planned 100 mg/m2": f"100 mg/m2 1h @{CYCLE_H:g}h", "reduced 80 mg/m2": f"80 mg/m2 1h @{CYCLE_H:g}h"}
+    t0 = time.perf_counter()
+    fc = forecast(population, first_cycle.drop(columns=["LINE"]), regimen=list(regimens.values()),
+                  regimen_names=list(regimens), horizon="21d", method=args.forecast_method, seed=args.seed,
+                  ready=((CYCLE_H, 1.5),))
+    table = fc.table()
+    with pd.option_context("display.width", 140, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print(f"({time.perf_counter() - t0:.0f} s)")
+    truth = data.subset([held_out]).df
+    cycle2 = truth[(truth["EVID"] == 0) & (truth["DVID"] == 2) & (truth["TIME"] > CYCLE_H)]
+    if len(cycle2):
+        print(f"observed ANC in cycle 2 (not used): min {cycle2['DV'].min():.3g} x10^9/L on day "
+              f"{(cycle2.loc[cycle2['DV'].idxmin(), 'TIME'] - CYCLE_H) / 24:.0f} after the dose")
 
-    times = np.arange(0.0, 21 * 24 + 1, 6.0)
-    cov = {"BSA": 1.8, "SEX": 1, "PERF": 0, "PC": 0, "AAG": 1.34}
-    sim = simulate(DEMO_CARD, "100 mg/m2 1h", times=times, covariates=cov, iiv=False, residual=False)
-    anc = sim.loc[sim["EVID"] == 0, ["TIME", "DV"]].to_numpy()
-    i = int(np.argmin(anc[:, 1]))
-    base = anc[0, 1]
-    back = anc[i:][anc[i:, 1] >= base]
-    print(f"ANC nadir {anc[i, 1]:.2f} x10^9/L on day {anc[i, 0] / 24:.1f}; "
-          f"back to baseline {base:.2f} on day {back[0, 0] / 24:.1f}" if len(back) else "not back to baseline")
+    out.mkdir(parents=True, exist_ok=True)
+    fc.to_json(out / "forecast.json")
+    fc.plot(out / "forecast.png")
+    population.save(out / "population_fit.nc")
+    print(f"\nwrote {out / 'forecast.json'}, {out / 'forecast.png'} and {out / 'population_fit.nc'} "
+          f"(total {time.perf_counter() - start:.0f} s)")
     return 0
