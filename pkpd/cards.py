@@ -633,6 +633,9 @@ class _Validator:
 
     def pd(self, d: dict, pk: PKSpec) -> PDSpec:
         w = "pd"
+        system = d.get("system")
+        if isinstance(system, str) and ":" in system:
+            return self.pd_plugin(d, pk, system)
         self.known_keys(d, ("system", "n_transit", "drug_effect", "concentration_unit", "notes", "parameters")
                         + tuple(FRIBERG_SWITCHES), w)
         system = self.string(d, "system", w, choices=PD_SYSTEMS)
@@ -644,6 +647,33 @@ class _Validator:
             options[switch] = self.boolean(d, switch, w)
             if options[switch]:
                 required += extra
+        conc = self.conc_unit(d, w, required=pk.driver != "kpd")
+        params = self.table(d, "parameters", w)
+        parameters = self.parameter_set(params, "pd.parameters", required, allow_columns=True)
+        return PDSpec(system=system, options=options, concentration_unit=conc, parameters=parameters,
+                      notes=self.string(d, "notes", w, required=False))
+
+    def pd_plugin(self, d: dict, pk: PKSpec, system: str) -> PDSpec:
+        """A PD system given as ``"package.module:Class"``: the other keys of ``[pd]`` are the
+        class's constructor options, and its ``parameter_names`` are the required parameters."""
+        import importlib
+
+        w = "pd"
+        module, _, cls_name = system.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError) as err:
+            self.fail(f"{w}.system", "an importable 'package.module:Class' PD system", f"{system} ({err})")
+        reserved = ("system", "concentration_unit", "notes", "parameters")
+        options = {k: v for k, v in d.items() if k not in reserved}
+        for k, v in options.items():
+            if not isinstance(v, (str, int, float, bool)):
+                self.fail(f"{w}.{k}", "a string, number or boolean constructor option", v)
+        try:
+            instance = cls(**options)
+            required = tuple(instance.parameter_names)
+        except (TypeError, ValueError) as err:
+            self.fail(w, f"options accepted by {system}", f"{options} ({err})")
         conc = self.conc_unit(d, w, required=pk.driver != "kpd")
         params = self.table(d, "parameters", w)
         parameters = self.parameter_set(params, "pd.parameters", required, allow_columns=True)

@@ -55,8 +55,10 @@ def _build_dynamics(card: ModelCard, steady_state: bool = True) -> Dynamics:
     options = dict(card.pd.options)
     pd_outputs = [o for o in card.outputs if o != "CONC"]
     cls = _pd_class(card.pd.system)
+    if cls is Friberg and pd_outputs:
+        options["output"] = pd_outputs[0]
     try:
-        system = cls(**options, output=pd_outputs[0]) if pd_outputs and cls is Friberg else cls(**options)
+        system = cls(**options)
     except (TypeError, ValueError) as err:
         raise ModelError(f"{card.path}: invalid [pd] options for {card.pd.system!r}: {err}") from None
     from .units import unit_factor
