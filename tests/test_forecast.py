@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 import pkpd
-from pkpd import forecast as fmod
+import importlib
+
+fmod = importlib.import_module("pkpd.forecast")  # the module (pkpd.forecast is also the function)
 from pkpd.errors import PkpdError
 from pkpd.forecast import forecast
 from pkpd.recommend import recommend_dose
