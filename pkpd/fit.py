@@ -213,6 +213,7 @@ def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress)
     # less than tol (relative) or than twice its Monte Carlo standard error (SVI's ELBO is
     # noisy; MAP's loss is not, so there only tol counts).
     losses, converged, previous = [], False, None
+    start = time.perf_counter()
     for i in range(max(1, steps // chunk)):
         state, loss = run_chunk(state)
         loss = np.asarray(loss)

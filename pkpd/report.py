@@ -407,6 +407,7 @@ def fan_chart(path, panels, *, lineage="ANC", thresholds=None, lln=None, title=N
                 color="k",
                 ms=3.5,
                 label="observed",
+                zorder=5,
             )
         for g in grades:
             if g in bounds:
@@ -433,7 +434,8 @@ def fan_chart(path, panels, *, lineage="ANC", thresholds=None, lln=None, title=N
             ax.set_ylabel(f"{lineage} (×10⁹/L)" if str(lineage).upper() != "HGB" else "Hb (g/dL)")
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
-    axes[0][0].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncol=len(labels))
     if title:
         fig.suptitle(title)
     with atomic_path(path, suffix=".png") as tmp:
