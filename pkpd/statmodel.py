@@ -234,14 +234,12 @@ class PopulationProblem:
         """Refine the fixed grid until it matches a tight adaptive solve (see FitSpec.grid_tolerance)."""
         import warnings
 
-        from .solve import SolverOptions as _SO
-
         init = self.initial_values()
         rng = np.random.default_rng(12345)
         if "z" in init:
             init["z"] = jnp.asarray(np.clip(rng.normal(size=init["z"].shape), -2, 2))
         theta, _ = self.params_from_sample(init)
-        tight = _SO(rtol=1e-10, atol=1e-12, max_steps=100_000)
+        tight = SolverOptions(rtol=1e-10, atol=1e-12, max_steps=100_000)
         _, ref_data = self.model.prepare(df, self.ids, n_subjects=self.n_sub)
         a = self.arrays
         ref = predict_outputs(self.dynamics, ref_data, theta, a["t"], a["order"], tight)[0]
@@ -262,13 +260,13 @@ class PopulationProblem:
                 return
             if attempt == 4:
                 break
-            options = _SO(solver="rk4-grid", grid_fine=options.grid_fine / 2, grid_medium=options.grid_medium / 2,
+            options = SolverOptions(solver="rk4-grid", grid_fine=options.grid_fine / 2, grid_medium=options.grid_medium / 2,
                           grid_coarse=options.grid_coarse)
             self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, eval_times=obs.time,
                                                           eval_mask=obs.mask, options=options)
         warnings.warn(f"the rk4-grid solver stays {err:.1e} (relative) from a tight solve after refinement; "
                       "using the adaptive Tsit5 solver instead", stacklevel=3)
-        self.solver = _SO(rtol=1e-6, atol=1e-8)
+        self.solver = SolverOptions(rtol=1e-6, atol=1e-8)
         self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub)
 
     # ------------------------------------------------------------------ parameters
