@@ -65,6 +65,8 @@ def fit(
     max_tree_depth: int = 10,
     dense_mass: bool | list = False,
     chain_method: str | None = None,
+    init: str = "prior",
+    init_steps: int = 2000,
     progress: bool = True,
     guide: str = "normal",
     svi_steps: int = 20000,
@@ -98,6 +100,16 @@ def fit(
     target_accept, max_tree_depth, dense_mass
         NUTS settings (``dense_mass``: a dense mass matrix, or a list of site-name tuples
         for block-dense).
+    init : {"prior", "svi"}
+        Where NUTS chains start. ``"prior"``: at the prior typical values (random effects
+        at zero, unit initial mass matrix). ``"svi"``: first fit a mean-field normal guide
+        (AutoNormal, ``init_steps`` Adam steps from the prior values) and start every chain
+        at its median with its variances as the initial (diagonal) inverse mass matrix;
+        warm-up then adapts from there. This avoids the costly first warm-up window, where
+        a unit mass matrix on a badly scaled posterior forces tiny steps and deep trees.
+        Its time is included in the sampling time.
+    init_steps : int
+        Adam steps of the ``"svi"`` initialisation.
     guide : {"normal", "mvn", "lowrank"}
         SVI guide: AutoNormal, AutoMultivariateNormal or AutoLowRankMultivariateNormal.
     svi_steps, learning_rate, tol
@@ -117,6 +129,8 @@ def fit(
     """
     if method not in METHODS:
         raise PkpdError(f"method must be one of {METHODS}, got {method!r}")
+    if init not in ("prior", "svi"):
+        raise PkpdError(f"init must be 'prior' or 'svi', got {init!r}")
     if guide not in GUIDES:
         raise PkpdError(f"guide must be one of {GUIDES}, got {guide!r}")
     for name, value in (("chains", chains), ("warmup", warmup), ("samples", samples)):
@@ -130,9 +144,10 @@ def fit(
     start = time.perf_counter()
     if method == "nuts":
         settings.update(chains=chains, warmup=warmup, samples=samples, target_accept=target_accept,
-                        max_tree_depth=max_tree_depth, dense_mass=str(dense_mass))
+                        max_tree_depth=max_tree_depth, dense_mass=str(dense_mass), init=init,
+                        init_steps=int(init_steps) if init == "svi" else 0)
         idata, extra = _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_depth,
-                                 dense_mass, chain_method, progress)
+                                 dense_mass, chain_method, progress, init, int(init_steps))
         settings.update(extra)
     else:
         settings.update(guide=guide if method == "svi" else "delta", svi_steps=svi_steps,
@@ -158,20 +173,25 @@ def _chain_method(chains: int, requested: str | None) -> str:
 
 
 def _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_depth, dense_mass,
-              chain_method, progress):
+              chain_method, progress, init="prior", init_steps=2000):
     from numpyro.infer import MCMC, NUTS, init_to_value
 
+    start = time.perf_counter()
+    values, inverse_mass, init_info = problem.initial_values(), None, {}
+    if init == "svi":
+        values, variances, init_info = _svi_start(problem, init_steps, seed, progress)
+        inverse_mass = None if variances is None else _inverse_mass(variances, dense_mass)
     kernel = NUTS(
         problem.numpyro_model(),
         target_accept_prob=target_accept,
         max_tree_depth=max_tree_depth,
         dense_mass=dense_mass,
-        init_strategy=init_to_value(values=problem.initial_values()),
+        inverse_mass_matrix=inverse_mass,
+        init_strategy=init_to_value(values=values),
     )
     method = _chain_method(chains, chain_method)
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=samples, num_chains=chains, chain_method=method,
                 progress_bar=progress)
-    start = time.perf_counter()
     mcmc.run(jax.random.PRNGKey(seed), extra_fields=("diverging", "num_steps", "energy", "accept_prob"))
     jax.block_until_ready(mcmc.get_samples())
     elapsed = time.perf_counter() - start
@@ -181,7 +201,44 @@ def _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_de
     idata.sample_stats["tree_depth"] = (("chain", "draw"), np.floor(np.log2(np.maximum(steps, 1))).astype(int) + 1)
     return idata, {"chain_method": method, "sampling_time_s": elapsed,
                    "mean_leapfrog_steps": float(steps.mean()),
-                   "divergences": int(np.asarray(stats["diverging"]).sum())}
+                   "divergences": int(np.asarray(stats["diverging"]).sum()), **init_info}
+
+
+def _svi_start(problem, steps, seed, progress):
+    """Median and unconstrained variances of a mean-field normal guide: NUTS starting point and mass."""
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO, init_to_value
+    from numpyro.infer.autoguide import AutoNormal
+
+    model = problem.numpyro_model()
+    guide = AutoNormal(model, init_loc_fn=init_to_value(values=problem.initial_values()))
+    svi = SVI(model, guide, numpyro.optim.Adam(0.02), Trace_ELBO())
+    start = time.perf_counter()
+    state, _, _ = _optimise(svi, svi.init(jax.random.PRNGKey(seed + 1)), steps, 1e-4, "svi", progress)
+    params = svi.get_params(state)
+    values = {k: v for k, v in guide.median(params).items() if k != "loglik"}
+    variances = {k[: -len("_auto_scale")]: v**2 for k, v in params.items() if k.endswith("_auto_scale")}
+    info = {"init_time_s": time.perf_counter() - start}
+    finite = all(bool(jnp.all(jnp.isfinite(v))) for v in list(values.values()) + list(variances.values()))
+    if not finite:
+        warnings.warn("the SVI initialisation did not converge to finite values; NUTS starts at the prior values",
+                      ConvergenceWarning, stacklevel=4)
+        return problem.initial_values(), None, info
+    return values, variances, info
+
+
+def _inverse_mass(variances: dict, dense_mass):
+    """Initial inverse mass matrix from per-site variances, in the layout NUTS expects for ``dense_mass``."""
+    def flat(names):
+        return jnp.concatenate([jnp.ravel(variances[k]) for k in names])
+
+    if not isinstance(dense_mass, list):
+        return flat(sorted(variances))  # ravel order of the latent dict; 1-D is read as diagonal
+    blocks = {tuple(b): jnp.diag(flat(b)) for b in dense_mass}
+    rest = tuple(sorted(set(variances) - {k for b in dense_mass for k in b}))
+    if rest:
+        blocks[rest] = flat(rest)
+    return blocks
 
 
 def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress):
@@ -196,11 +253,29 @@ def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress)
         guide = AutoDelta(model, init_loc_fn=init)
     else:
         cls = {"normal": AutoNormal, "mvn": AutoMultivariateNormal, "lowrank": AutoLowRankMultivariateNormal}[guide_name]
-        guide = cls(model, init_loc_fn=init) if cls is AutoNormal else cls(model, init_loc_fn=init)
+        guide = cls(model, init_loc_fn=init)
     svi = SVI(model, guide, numpyro.optim.Adam(lr), Trace_ELBO())
     key, key_draws = jax.random.split(jax.random.PRNGKey(seed))
-    state = svi.init(key)
-    chunk = 500
+    start = time.perf_counter()
+    state, loss_trace, converged = _optimise(svi, svi.init(key), steps, tol, method, progress)
+    elapsed = time.perf_counter() - start
+    params = svi.get_params(state)
+    n = draws if method == "svi" else 1
+    post = guide.sample_posterior(key_draws, params, sample_shape=(n,))
+    post.pop("loglik", None)
+    posterior = {k: np.asarray(v)[None] for k, v in post.items()}
+    idata = az.from_dict(posterior=posterior)
+    return idata, {"steps_run": int(len(loss_trace)), "converged": converged, "final_loss": float(loss_trace[-1]),
+                   "optimisation_time_s": elapsed}
+
+
+def _optimise(svi, state, steps, tol, method, progress, chunk=500):
+    """Run ``svi`` in jitted chunks of ``chunk`` steps until converged or ``steps`` are spent.
+
+    Converged when the mean loss of the last chunk differs from the previous chunk's by
+    less than ``tol`` (relative) or, for SVI (noisy ELBO; MAP's loss is not noisy), than
+    twice its Monte Carlo standard error. Returns ``(state, losses, converged)``.
+    """
 
     @jax.jit
     def run_chunk(state):
@@ -209,11 +284,7 @@ def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress)
             return s, loss
         return jax.lax.scan(body, state, None, length=chunk)
 
-    # Converged when the mean loss of the last window differs from the previous window's by
-    # less than tol (relative) or than twice its Monte Carlo standard error (SVI's ELBO is
-    # noisy; MAP's loss is not, so there only tol counts).
     losses, converged, previous = [], False, None
-    start = time.perf_counter()
     for i in range(max(1, steps // chunk)):
         state, loss = run_chunk(state)
         loss = np.asarray(loss)
@@ -231,16 +302,7 @@ def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress)
         previous = current
     if progress:
         print()
-    elapsed = time.perf_counter() - start
-    params = svi.get_params(state)
-    n = draws if method == "svi" else 1
-    post = guide.sample_posterior(key_draws, params, sample_shape=(n,))
-    post.pop("loglik", None)
-    posterior = {k: np.asarray(v)[None] for k, v in post.items()}
-    idata = az.from_dict(posterior=posterior)
-    loss_trace = np.concatenate(losses)
-    return idata, {"steps_run": int(len(loss_trace)), "converged": converged, "final_loss": float(loss_trace[-1]),
-                   "optimisation_time_s": elapsed}
+    return state, np.concatenate(losses), converged
 
 
 def _add_observations(idata, problem: PopulationProblem, log_likelihood: bool, posterior_predictive: bool, seed):
@@ -254,7 +316,7 @@ def _add_observations(idata, problem: PopulationProblem, log_likelihood: bool, p
     if not (log_likelihood or posterior_predictive):
         return
     post = idata.posterior
-    names = [v for v in post.data_vars if v.startswith(("log_tv_", "omega_", "sigma_")) or v in ("z", "L_corr")]
+    names = [v for v in post.data_vars if v.startswith(("log_tv_", "omega_", "sigma_")) or v in ("z", "log_theta", "L_corr")]
     flat = {v: jnp.asarray(post[v].values.reshape((-1,) + post[v].values.shape[2:])) for v in names}
     mask = np.asarray(problem.arrays["mask"])
 
@@ -374,7 +436,8 @@ class Fit:
         stats = self.idata.sample_stats
         out = {
             "divergences": int(stats["diverging"].values.sum()),
-            "max_r_hat": float(np.nanmax(table["r_hat"])) if "r_hat" in table else np.nan,
+            "max_r_hat": (float(np.nanmax(table["r_hat"])) if "r_hat" in table and table["r_hat"].notna().any()
+                          else np.nan),  # R-hat needs two chains or more
             "min_ess_bulk": float(table["ess_bulk"].min()) if "ess_bulk" in table else np.nan,
             "min_ess_tail": float(table["ess_tail"].min()) if "ess_tail" in table else np.nan,
             "mean_tree_depth": float(stats["tree_depth"].values.mean()) if "tree_depth" in stats else np.nan,

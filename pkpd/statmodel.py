@@ -91,6 +91,13 @@ class FitSpec:
     grid_tolerance : float
         Accuracy required of the ``"rk4-grid"`` solver (default 1e-4, far below residual
         error).
+    parameterisation : {"noncentred", "centred"}
+        How the random effects are sampled. ``"noncentred"`` (default) samples standard
+        normal ``z`` with eta_i = diag(omega) L z_i: best when the data say little about
+        each subject. ``"centred"`` samples the individual log parameters ``log_theta``
+        ~ N(log TV + log f_i, Sigma) directly: best when every subject is well informed
+        (rich PK and count series), where the non-centred form makes ``z`` and the
+        population parameters strongly correlated and NUTS takes tiny steps.
     """
 
     fixed: tuple = ()
@@ -105,12 +112,15 @@ class FitSpec:
     outputs: tuple | None = None
     solver: SolverOptions = SolverOptions(rtol=1e-6, atol=1e-8)
     grid_tolerance: float = 1e-4
+    parameterisation: str = "noncentred"
 
     def __post_init__(self):
         if self.covariance not in ("diag", "full"):
             raise ModelError(f"covariance must be 'diag' or 'full', got {self.covariance!r}")
         if self.censoring not in ("M3", "M4", "drop"):
             raise ModelError(f"censoring must be 'M3', 'M4' or 'drop', got {self.censoring!r}")
+        if self.parameterisation not in ("noncentred", "centred"):
+            raise ModelError(f"parameterisation must be 'noncentred' or 'centred', got {self.parameterisation!r}")
         if not self.prior_width > 0:
             raise ModelError(f"prior_width must be > 0, got {self.prior_width!r}")
 
@@ -236,9 +246,11 @@ class PopulationProblem:
 
         init = self.initial_values()
         rng = np.random.default_rng(12345)
-        if "z" in init:
-            init["z"] = jnp.asarray(np.clip(rng.normal(size=init["z"].shape), -2, 2))
-        theta, _ = self.params_from_sample(init)
+        eta = None
+        if self.iiv:
+            omega = np.array([init[f"omega_{p}"] for p in self.iiv])
+            eta = jnp.asarray(np.clip(rng.normal(size=(self.n_real, len(self.iiv))), -2, 2) * omega)
+        theta = self.individual({p: init[f"log_tv_{p}"] for p in self.estimated}, eta)
         tight = SolverOptions(rtol=1e-10, atol=1e-12, max_steps=100_000)
         _, ref_data = self.model.prepare(df, self.ids, n_subjects=self.n_sub)
         a = self.arrays
@@ -289,6 +301,17 @@ class PopulationProblem:
                 log_value = log_value + e
             theta[p] = jnp.exp(log_value)
         return theta
+
+    def mean_log_theta(self, log_tv: dict):
+        """Population mean of the individual log parameters with IIV, ``[n_real, K]``:
+        log typical value plus the subject's log covariate factor."""
+        cols = []
+        for p in self.iiv:
+            m = jnp.broadcast_to(log_tv[p], (self.n_real,))
+            if p in self.log_factor:
+                m = m + self.log_factor[p][: self.n_real]
+            cols.append(m)
+        return jnp.stack(cols, axis=-1)
 
     def predictions(self, theta: dict):
         """Predicted value of every padded observation ``[n_sub, n_obs]`` and solve status ``[n_sub]``."""
@@ -361,14 +384,24 @@ class PopulationProblem:
                 omega = jnp.stack([
                     numpyro.sample(f"omega_{p}", dist.HalfNormal(spec.omega_prior_scale)) for p in self.iiv
                 ])
-                with numpyro.plate("subjects", self.n_real, dim=-2), numpyro.plate("iiv", k, dim=-1):
-                    z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+                chol = None
                 if spec.covariance == "full" and k > 1:
                     chol = numpyro.sample("L_corr", dist.LKJCholesky(k, spec.lkj_eta))
                     numpyro.deterministic("corr", chol @ chol.T)
-                    eta = (z @ chol.T) * omega
+                if spec.parameterisation == "centred":
+                    mu = self.mean_log_theta(log_tv)
+                    if chol is None:
+                        with numpyro.plate("subjects", self.n_real, dim=-2), numpyro.plate("iiv", k, dim=-1):
+                            log_theta = numpyro.sample("log_theta", dist.Normal(mu, omega))
+                    else:
+                        with numpyro.plate("subjects", self.n_real, dim=-1):
+                            log_theta = numpyro.sample(
+                                "log_theta", dist.MultivariateNormal(mu, scale_tril=omega[:, None] * chol))
+                    eta = log_theta - mu
                 else:
-                    eta = z * omega
+                    with numpyro.plate("subjects", self.n_real, dim=-2), numpyro.plate("iiv", k, dim=-1):
+                        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+                    eta = (z @ chol.T if chol is not None else z) * omega
             sigma = {s: numpyro.sample(f"sigma_{s}", dist.HalfNormal(spec.sigma_prior_scale)) for s in self.sigma_names()}
             theta = self.individual(log_tv, eta)
             ll, ok = self.pointwise_loglik(theta, sigma)
@@ -383,7 +416,10 @@ class PopulationProblem:
         for p in self.iiv:
             init[f"omega_{p}"] = jnp.asarray(max(self.model.parameters[p].omega, 0.05) if self.model.parameters[p].omega else 0.2)
         if self.iiv:
-            init["z"] = jnp.zeros((self.n_real, len(self.iiv)))
+            if self.spec.parameterisation == "centred":
+                init["log_theta"] = self.mean_log_theta({p: init[f"log_tv_{p}"] for p in self.estimated})
+            else:
+                init["z"] = jnp.zeros((self.n_real, len(self.iiv)))
         for s in self.sigma_names():
             o = s.split("_")[0]
             es = self.model.card.error[o]
@@ -398,11 +434,14 @@ class PopulationProblem:
         log_tv = {p: sample[f"log_tv_{p}"] for p in self.estimated}
         eta = None
         if self.iiv:
-            omega = jnp.stack([sample[f"omega_{p}"] for p in self.iiv])
-            z = sample["z"]
-            if "L_corr" in sample:
-                z = z @ sample["L_corr"].T
-            eta = z * omega
+            if "log_theta" in sample:
+                eta = sample["log_theta"] - self.mean_log_theta(log_tv)
+            else:
+                omega = jnp.stack([sample[f"omega_{p}"] for p in self.iiv])
+                z = sample["z"]
+                if "L_corr" in sample:
+                    z = z @ sample["L_corr"].T
+                eta = z * omega
         sigma = {s: sample[f"sigma_{s}"] for s in self.sigma_names()}
         return self.individual(log_tv, eta), sigma
 

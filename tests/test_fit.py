@@ -197,6 +197,84 @@ def test_log_density_and_gradient_at_prior_median(card):
         assert fd == pytest.approx(float(grad @ v), rel=1e-4, abs=1e-4)
 
 
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_centred_parameterisation_is_the_same_model(data30, covariance):
+    """Centred and non-centred forms give the same individual parameters and densities that
+    differ by exactly the Jacobian of log_theta = mu + diag(omega) L z."""
+    from numpyro.infer.util import log_density
+
+    model = pkpd.load_model(CARD)
+    kw = dict(fixed=("MTT",), covariance=covariance, solver=FAST)
+    nc = PopulationProblem(model, data30, FitSpec(**kw))
+    c = PopulationProblem(model, data30, FitSpec(parameterisation="centred", **kw))
+    rng = np.random.default_rng(5)
+    sample = nc.initial_values()
+    for p in nc.iiv:
+        sample[f"omega_{p}"] = jax.numpy.asarray(rng.uniform(0.1, 0.5))
+    sample["z"] = jax.numpy.asarray(rng.normal(size=sample["z"].shape))
+    k = len(nc.iiv)
+    chol = np.eye(k)
+    if covariance == "full":
+        a = rng.normal(size=(k, k))
+        cov = a @ a.T + np.eye(k)
+        corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+        chol = np.linalg.cholesky(corr)
+        sample["L_corr"] = jax.numpy.asarray(chol)
+    theta_nc, _ = nc.params_from_sample(sample)
+    omega = np.array([float(sample[f"omega_{p}"]) for p in nc.iiv])
+    csample = {key: v for key, v in sample.items() if key != "z"}
+    log_tv = {p: sample[f"log_tv_{p}"] for p in c.estimated}
+    csample["log_theta"] = c.mean_log_theta(log_tv) + (np.asarray(sample["z"]) @ chol.T) * omega
+    theta_c, _ = c.params_from_sample(csample)
+    for p in theta_nc:
+        np.testing.assert_allclose(np.asarray(theta_c[p]), np.asarray(theta_nc[p]), rtol=1e-12)
+    lp_nc = float(log_density(nc.numpyro_model(), (), {}, sample)[0])
+    lp_c = float(log_density(c.numpyro_model(), (), {}, csample)[0])
+    log_det = nc.n_real * (np.log(omega).sum() + np.log(np.diag(chol)).sum())
+    assert lp_c == pytest.approx(lp_nc - log_det, rel=1e-10, abs=1e-8)
+    assert abs(log_det) > 1.0  # the check can fail: the Jacobian term is not negligible
+
+
+def test_centred_map_fit_matches_noncentred(data30):
+    """MAP in the two parameterisations lands on the same typical values (same model)."""
+    kw = dict(method="map", seed=0, progress=False, fixed=("gamma", "MTT"), solver=FAST, log_likelihood=False)
+    a = fit(CARD, data30, **kw)
+    b = fit(CARD, data30, parameterisation="centred", **kw)
+    assert "log_theta" in b.idata.posterior and "z" not in b.idata.posterior
+    for p in ("Circ0", "slope"):
+        x, y = float(a.idata.posterior[f"tv_{p}"].mean()), float(b.idata.posterior[f"tv_{p}"].mean())
+        assert y == pytest.approx(x, rel=0.05), p
+
+
+def test_inverse_mass_layout_matches_numpyro():
+    """The SVI variances are laid out as NUTS ravels its latent dict (sorted sites) or per dense block."""
+    from pkpd.fit import _inverse_mass
+
+    var = {"b": np.arange(1.0, 7.0).reshape(2, 3), "a": np.array(10.0), "c": np.array([20.0, 21.0])}
+    flat = _inverse_mass(var, False)
+    np.testing.assert_array_equal(np.asarray(flat), np.asarray(jax.flatten_util.ravel_pytree(var)[0]))
+    np.testing.assert_array_equal(np.asarray(_inverse_mass(var, True)), np.asarray(flat))
+    blocks = _inverse_mass(var, [("c", "a")])
+    assert set(blocks) == {("c", "a"), ("b",)}
+    np.testing.assert_array_equal(np.asarray(blocks[("c", "a")]), np.diag([20.0, 21.0, 10.0]))
+    np.testing.assert_array_equal(np.asarray(blocks[("b",)]), np.arange(1.0, 7.0))
+
+
+def test_nuts_from_svi_initialisation(data30):
+    """init="svi": chains start at the SVI median (recorded time) and sample the same posterior region."""
+    tv = ("log_tv_Circ0", "log_tv_slope")
+    a = fit(CARD, data30, method="nuts", chains=1, warmup=60, samples=60, seed=2, progress=False, init="svi",
+            init_steps=1000, dense_mass=[tv], fixed=("gamma", "MTT"), solver=FAST, max_tree_depth=5,
+            log_likelihood=False)
+    assert a.settings["init"] == "svi" and a.settings["init_time_s"] > 0
+    for p, truth in TRUE.items():
+        draws = a.idata.posterior[f"tv_{p}"].values.ravel()
+        assert np.all(np.isfinite(draws))
+        assert np.quantile(draws, 0.01) < truth * 1.15 and np.quantile(draws, 0.99) > truth * 0.85, p
+    with pytest.raises(pkpd.PkpdError, match="init"):
+        fit(CARD, data30, method="nuts", init="pathfinder")
+
+
 def test_failed_solve_is_minus_infinity_not_an_exception(data30):
     """An ODE solve that fails (step budget exhausted) gives a -inf log density, not an error."""
     spec = FitSpec(fixed=("gamma", "MTT"), solver=SolverOptions(max_steps=3))
