@@ -23,6 +23,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--target-accept", type=float, default=0.8)
     p.add_argument("--max-tree-depth", type=int, default=10)
     p.add_argument("--covariance", choices=["diag", "full"], default="diag", help="IIV covariance")
+    p.add_argument("--parameterisation", choices=["noncentred", "centred"], default="noncentred",
+                   help="random effects sampled standardised (non-centred) or as individual log parameters")
+    p.add_argument("--init", choices=["prior", "svi", "svi-dense"], default="prior",
+                   help="NUTS starting point: the prior values, or a quick SVI fit (median; variances as mass)")
     p.add_argument("--prior-width", type=float, default=0.5, help="SD of the log-normal priors on typical values")
     p.add_argument("--fix", help="parameters to hold at the card's values, e.g. gamma,MTT")
     p.add_argument("--censoring", choices=["M3", "M4", "drop"], default="M3")
@@ -60,7 +64,8 @@ def run(args) -> int:
         warnings.simplefilter("always")
         result = fit(args.model, dataset, method=args.method, chains=args.chains, warmup=args.warmup,
                      samples=args.samples, seed=args.seed, target_accept=args.target_accept,
-                     max_tree_depth=args.max_tree_depth, guide=args.guide, svi_steps=args.steps,
+                     max_tree_depth=args.max_tree_depth, guide=args.guide, svi_steps=args.steps, init=args.init,
+                     parameterisation=args.parameterisation,
                      progress=not args.no_progress, covariance=args.covariance, prior_width=args.prior_width,
                      fixed=fixed, censoring=args.censoring, solver=solver)
     result.save(args.out)
