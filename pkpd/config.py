@@ -40,4 +40,25 @@ def enable_compilation_cache(path: str | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    _runtime_checks_as_nan()
     return folder
+
+
+def _runtime_checks_as_nan() -> None:
+    """Make equinox's runtime checks (``eqx.error_if``, used inside diffrax) return NaN.
+
+    JAX does not cache programs with host callbacks, and equinox implements a failing
+    check that raises as a host callback, so without this no ODE program is ever cached.
+    pkpd already treats NaN states as a failed solve (a -inf log density, a failed
+    forecast draw). An ``EQX_ON_ERROR`` set by the user in the environment is respected.
+    """
+    import os
+
+    if "EQX_ON_ERROR" in os.environ:
+        return
+    try:
+        import equinox._errors as eqx_errors  # the mode is read from here at trace time
+    except ImportError:  # pragma: no cover - equinox layout changed: keep its default
+        return
+    if getattr(eqx_errors, "EQX_ON_ERROR", None) == "raise":
+        eqx_errors.EQX_ON_ERROR = "nan"

@@ -401,7 +401,8 @@ class Fit:
     ----------
     idata : arviz.InferenceData
         ``posterior`` (``tv_<name>`` typical values, ``omega_<name>`` IIV SDs on the log
-        scale, ``sigma_<output>`` residual SDs, ``z`` standardised random effects,
+        scale, ``sigma_<output>`` residual SDs, ``z`` standardised random effects (non-centred)
+        or ``log_theta`` individual log parameters (centred),
         ``corr`` with a full covariance), ``sample_stats`` (NUTS), ``observed_data``,
         ``log_likelihood`` and, on request, ``posterior_predictive``.
     model_name : str

@@ -8,7 +8,11 @@ For subject :math:`i` and estimated parameter :math:`p`,
     \eta_i = \operatorname{diag}(\omega) L z_i, \; z_i \sim N(0, I)
 
 (non-centred; :math:`L` the Cholesky factor of the IIV correlation, identity for a
-diagonal covariance, :math:`L \sim \mathrm{LKJ}(\eta_{LKJ})` for a full one). Priors:
+diagonal covariance, :math:`L \sim \mathrm{LKJ}(\eta_{LKJ})` for a full one). The
+centred form (``FitSpec.parameterisation="centred"``) samples
+:math:`\log \theta_i \sim N(\log TV + \log f_i, \operatorname{diag}(\omega) L L^T
+\operatorname{diag}(\omega))` directly: the same model, better conditioned when every
+subject is rich in data (Papaspiliopoulos, Roberts and Skold 2007). Priors:
 :math:`\log TV_p \sim N(\log v_p, w_p)` with :math:`v_p` the card's literature value and
 :math:`w_p` the prior width; :math:`\omega_p \sim \mathrm{HalfNormal}(s_\omega)`;
 residual SDs :math:`\sim \mathrm{HalfNormal}(s_\sigma)`.
@@ -28,6 +32,8 @@ counts as a divergence.
 
 References
 ----------
+Papaspiliopoulos O, Roberts GO, Skold M. A general framework for the parametrization of
+hierarchical models. Stat Sci 2007;22(1):59-73.
 Beal SL. Ways to fit a PK model with some data below the quantification limit.
 J Pharmacokinet Pharmacodyn 2001;28(5):481-504.
 Lewandowski D, Kurowicka D, Joe H. Generating random correlation matrices based on vines
