@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--out", help="also save the fit (netCDF) here")
     parser.add_argument("--progress", action="store_true", help="show NUTS progress bars")
     parser.add_argument("--parameterisation", default="centred", choices=["centred", "noncentred"])
-    parser.add_argument("--init", default="svi", choices=["svi", "prior", "svi-dense"])
+    parser.add_argument("--init", default="svi", choices=["svi", "prior"])
     parser.add_argument("--sequential", action="store_true", help="run the chains one after another")
     args = parser.parse_args()
     cores = 1 if args.sequential else max(1, min(args.chains, os.cpu_count() or 1))

@@ -100,18 +100,14 @@ def fit(
     target_accept, max_tree_depth, dense_mass
         NUTS settings (``dense_mass``: a dense mass matrix, or a list of site-name tuples
         for block-dense).
-    init : {"prior", "svi", "svi-dense"}
+    init : {"prior", "svi"}
         Where NUTS chains start. ``"prior"``: at the prior typical values (random effects
         at zero, unit initial mass matrix). ``"svi"``: first fit a mean-field normal guide
         (AutoNormal, ``init_steps`` Adam steps from the prior values) and start every chain
         at its median with its variances as the initial (diagonal) inverse mass matrix;
         warm-up then adapts from there. This avoids the costly first warm-up window, where
         a unit mass matrix on a badly scaled posterior forces tiny steps and deep trees.
-        ``"svi-dense"``: a full-covariance normal guide (AutoMultivariateNormal); its
-        covariance is kept as a dense mass matrix and warm-up tunes only the step size
-        (windowed estimates of a dense matrix from a few dozen draws are rank-deficient
-        when there are more parameters than draws). The SVI time is included in the
-        sampling time.
+        The SVI time is included in the sampling time.
     init_steps : int
         Adam steps of the ``"svi"`` initialisation.
     guide : {"normal", "mvn", "lowrank"}
@@ -133,8 +129,8 @@ def fit(
     """
     if method not in METHODS:
         raise PkpdError(f"method must be one of {METHODS}, got {method!r}")
-    if init not in ("prior", "svi", "svi-dense"):
-        raise PkpdError(f"init must be 'prior', 'svi' or 'svi-dense', got {init!r}")
+    if init not in ("prior", "svi"):
+        raise PkpdError(f"init must be 'prior' or 'svi', got {init!r}")
     if guide not in GUIDES:
         raise PkpdError(f"guide must be one of {GUIDES}, got {guide!r}")
     for name, value in (("chains", chains), ("warmup", warmup), ("samples", samples)):
@@ -181,21 +177,16 @@ def _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_de
     from numpyro.infer import MCMC, NUTS, init_to_value
 
     start = time.perf_counter()
-    values, inverse_mass, init_info, adapt_mass = problem.initial_values(), None, {}, True
+    values, inverse_mass, init_info = problem.initial_values(), None, {}
     if init == "svi":
         values, variances, init_info = _svi_start(problem, init_steps, seed, progress)
         inverse_mass = None if variances is None else _inverse_mass(variances, dense_mass)
-    elif init == "svi-dense":
-        values, inverse_mass, init_info = _svi_start(problem, init_steps, seed, progress, dense=True)
-        if inverse_mass is not None:
-            dense_mass, adapt_mass = True, False
     kernel = NUTS(
         problem.numpyro_model(),
         target_accept_prob=target_accept,
         max_tree_depth=max_tree_depth,
         dense_mass=dense_mass,
         inverse_mass_matrix=inverse_mass,
-        adapt_mass_matrix=adapt_mass,
         init_strategy=init_to_value(values=values),
     )
     method = _chain_method(chains, chain_method)
@@ -213,44 +204,32 @@ def _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_de
                    "divergences": int(np.asarray(stats["diverging"]).sum()), **init_info}
 
 
-def _svi_start(problem, steps, seed, progress, dense=False):
-    """NUTS starting point and initial inverse mass matrix from a normal guide fitted by SVI.
+def _svi_start(problem, steps, seed, progress):
+    """NUTS starting point and initial inverse mass matrix from a mean-field normal guide
+    (AutoNormal) fitted by SVI: its median and its per-site variances (unconstrained).
 
-    Mean-field (AutoNormal): the median and the per-site variances (unconstrained).
-    ``dense``: AutoMultivariateNormal, its median and full covariance, permuted into the
-    order in which NUTS ravels its latent dict (sorted site names).
-    Returns ``(values, variances or covariance or None, info)``; None when SVI failed.
+    Returns ``(values, variances or None, info)``; None when SVI did not give finite values.
     """
     import numpyro
-    from jax.flatten_util import ravel_pytree
     from numpyro.infer import SVI, Trace_ELBO, init_to_value
-    from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+    from numpyro.infer.autoguide import AutoNormal
 
     model = problem.numpyro_model()
-    cls = AutoMultivariateNormal if dense else AutoNormal
-    guide = cls(model, init_loc_fn=init_to_value(values=problem.initial_values()))
-    svi = SVI(model, guide, numpyro.optim.Adam(0.02 if not dense else 0.01), Trace_ELBO())
+    guide = AutoNormal(model, init_loc_fn=init_to_value(values=problem.initial_values()))
+    svi = SVI(model, guide, numpyro.optim.Adam(0.02), Trace_ELBO())
     start = time.perf_counter()
     state, losses, converged = _optimise(svi, svi.init(jax.random.PRNGKey(seed + 1)), steps, 1e-4, "svi", progress)
     params = svi.get_params(state)
     values = {k: v for k, v in guide.median(params).items() if k != "loglik"}
-    if dense:
-        post = guide.get_posterior(params)
-        index = guide._unpack_latent(jnp.arange(guide.latent_dim, dtype=float))
-        perm = np.asarray(ravel_pytree(dict(index))[0]).astype(int)
-        mass = jnp.asarray(post.covariance_matrix)[perm][:, perm]
-        leaves = [mass]
-    else:
-        mass = {k[: -len("_auto_scale")]: v**2 for k, v in params.items() if k.endswith("_auto_scale")}
-        leaves = list(mass.values())
+    variances = {k[: -len("_auto_scale")]: v**2 for k, v in params.items() if k.endswith("_auto_scale")}
     info = {"init_time_s": time.perf_counter() - start, "init_steps_run": int(len(losses)),
             "init_converged": bool(converged)}
-    finite = all(bool(jnp.all(jnp.isfinite(v))) for v in list(values.values()) + leaves)
+    finite = all(bool(jnp.all(jnp.isfinite(v))) for v in list(values.values()) + list(variances.values()))
     if not finite:
         warnings.warn("the SVI initialisation did not converge to finite values; NUTS starts at the prior values",
                       ConvergenceWarning, stacklevel=4)
         return problem.initial_values(), None, info
-    return values, mass, info
+    return values, variances, info
 
 
 def _inverse_mass(variances: dict, dense_mass):

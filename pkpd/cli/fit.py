@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--covariance", choices=["diag", "full"], default="diag", help="IIV covariance")
     p.add_argument("--parameterisation", choices=["noncentred", "centred"], default="noncentred",
                    help="random effects sampled standardised (non-centred) or as individual log parameters")
-    p.add_argument("--init", choices=["prior", "svi", "svi-dense"], default="prior",
+    p.add_argument("--init", choices=["prior", "svi"], default="prior",
                    help="NUTS starting point: the prior values, or a quick SVI fit (median; variances as mass)")
     p.add_argument("--prior-width", type=float, default=0.5, help="SD of the log-normal priors on typical values")
     p.add_argument("--fix", help="parameters to hold at the card's values, e.g. gamma,MTT")
