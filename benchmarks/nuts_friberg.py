@@ -13,19 +13,21 @@ parameters with a full correlation matrix, log-normal residual errors), same pri
 HalfNormal(0.4); LKJ(2); sigma HalfNormal(0.5); the published KA truncation at the
 largest disposition eigenvalue is not applied) and the same sampler budget. ESS per
 second is computed as published: ESS divided by the summed wall time of the chains.
-By default the chains run in parallel, one JAX host device each (XLA's
-``--xla_force_host_platform_device_count``), on ``min(chains, CPUs)`` cores: the summed chain time is then
-counted as wall time x cores used (core-seconds), which is what the published figures
-measure when each chain has a core; ESS per wall-second is printed too. ``--sequential``
-runs the chains one after another (summed chain time = wall time). Compile time is
+By default the chains run in parallel, each in its own process (seed + chain number), on
+``min(chains, CPUs)`` cores: the summed chain time is then counted as the wall time of
+that parallel section x cores used (core-seconds), which is what the published figures
+measure when each chain has a core; ESS per wall-second is printed too. (One process
+with a JAX host device per chain and ``pmap`` grows its memory steadily on CPU; see
+``parallel_chains``.) ``--sequential`` runs the chains one after another in this process
+(summed chain time = wall time). Compile time (one gradient, timed on its own) is
 reported separately and excluded.
 
 The individual parameters are sampled centred (``log_theta_i ~ N(log TV, Sigma)``): every
 subject here has 39 concentrations and 29 counts, so its parameters are well identified
 and the non-centred form makes the population and standardised parameters strongly
 correlated (warm-up then hits the maximum tree depth). NUTS starts from a mean-field SVI
-fit (``init="svi"``: its median, and its variances as the initial mass matrix); the SVI
-time counts as sampling time.
+fit (``init="svi"``: its median, and its variances as the initial mass matrix; one SVI
+fit per chain, with the chain's seed); the SVI time counts as sampling time.
 """
 
 from __future__ import annotations
