@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 
 import pkpd
-from pkpd import endpoints as ep
-from pkpd.forecast import forecast
-from pkpd.model import Model
+from pkpd.forecasting import endpoints as ep
+from pkpd.forecasting.forecast import forecast
+from pkpd.model.model import Model
 
 CARD = "kloft2006_docetaxel"
 COV = {"BSA": 1.8, "SEX": 1, "PERF": 0, "PC": 0, "AAG": 1.34}

@@ -89,8 +89,8 @@ def published(external: Path):
 def build(args):
     """The data, its source and the statistical-model spec (same in the parent and the chain workers)."""
     import pkpd
-    from pkpd.solve import SolverOptions
-    from pkpd.statmodel import FitSpec
+    from pkpd.solve.solver import SolverOptions
+    from pkpd.stats.population import FitSpec
 
     pkpd.enable_x64()
     dataset, source = load_data(Path(args.external))
@@ -180,7 +180,7 @@ def main() -> None:
     from numpyro.infer.util import initialize_model
 
     import pkpd
-    from pkpd.statmodel import PopulationProblem
+    from pkpd.stats.population import PopulationProblem
 
     dataset, source, spec = build(args)
     refs = published(Path(args.external))

@@ -28,8 +28,8 @@ def main() -> None:
     import pandas as pd
 
     import pkpd
-    from pkpd.events import evaluation_keys
-    from pkpd.solve import predict_outputs
+    from pkpd.dosing.events import evaluation_keys
+    from pkpd.solve.solver import predict_outputs
 
     pkpd.enable_x64()
     model = pkpd.load_model("kloft2006_docetaxel")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
-from pkpd.pd.base import PDSystem
+from pkpd.model.pd.base import PDSystem
 
 
 class Turnover(PDSystem):

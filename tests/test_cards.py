@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pkpd.cards import concentration_scale, list_cards, load_card, models_dir
+from pkpd.model.card import concentration_scale, list_cards, load_card, models_dir
 from pkpd.cli import models as models_cli
 from pkpd.errors import ModelError
 

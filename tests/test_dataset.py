@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pkpd.dataset import CANONICAL_COLUMNS, Dataset, ObservationArrays, read_dataset
+from pkpd.data.dataset import CANONICAL_COLUMNS, Dataset, ObservationArrays, read_dataset
 from pkpd.errors import DatasetError
 from pkpd.units import canonical_unit, convert_units
 
@@ -259,3 +259,44 @@ def test_hash(tmp_path, basic):
     relabelled = read_dataset(write(tmp_path, BASIC, "again.csv"), units={"ANC": "cells/uL"},
                               validate=False)
     assert relabelled.hash != basic.hash
+
+
+# ------------------------------------------------- no silent reinterpretation (issue 11)
+
+
+def test_short_row_is_not_padded_into_another_record(tmp_path):
+    # line 3 lacks its last field (DVID): padding used to turn the ANC value into a CONC
+    text = "ID,TIME,DV,EVID,MDV,DVID\n1,0,2.0,0,0,2\n1,24,1.1,0,0\n"
+    with pytest.raises(DatasetError) as err:
+        read_dataset(write(tmp_path, text))
+    assert [(v.line, v.column, v.code) for v in err.value.violations] == [(3, "DVID", "field-count")]
+
+
+def test_one_id_written_two_ways_is_refused(tmp_path):
+    text = "ID,TIME,DV,AMT,EVID\n1,0,.,100,1\n1,24,2.5,.,0\n01,0,.,80,1\n01,24,1.5,.,0\n"
+    with pytest.raises(DatasetError, match="ID '01' is the same number as ID '1'") as err:
+        read_dataset(write(tmp_path, text))
+    assert {(v.line, v.code) for v in err.value.violations} >= {(4, "id-spelling")}
+
+
+def test_long_numeric_ids_keep_every_digit(tmp_path):
+    # 2**53 and 2**53 + 1 are one float: reading IDs through float merged two patients
+    text = "ID,TIME,DV\n9007199254740992,1,2.0\n9007199254740993,1,3.0\n"
+    ds = read_dataset(write(tmp_path, text))
+    assert ds.ids == [9007199254740992, 9007199254740993] and ds.n_subjects == 2
+    text = "ID,TIME,DV\n12345678901234567890123,1,2.0\n12345678901234567890124,1,3.0\n"  # beyond int64: text
+    assert read_dataset(write(tmp_path, text)).ids == ["12345678901234567890123", "12345678901234567890124"]
+
+
+def test_warnings_are_passed_on_and_censoring_limit_is_kept(tmp_path):
+    text = "ID,TIME,DV,DVID,CENS,WT\n1,24,0,2,0,70\n1,48,0.05,1,1,70\n2,24,2.0,2,0,.\n"
+    with pytest.warns(UserWarning) as record:
+        ds = read_dataset(write(tmp_path, text))
+    messages = "\n".join(str(w.message) for w in record)
+    assert "line 2: ANC DV 0" in messages and "pkpd fit" in messages  # zero count, log-scale error model
+    assert "line 3: censored observation without an LLOQ" in messages
+    assert "line 4: covariate WT has no value for ID 2" in messages
+    df = ds.df
+    assert df["CENS"].tolist() == [False, True, False]
+    assert df["LLOQ"][1] == 0.05 and np.isnan(df["LLOQ"][0])  # DV = LLOQ on the censored row
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pkpd.endpoints import (
+from pkpd.forecasting.endpoints import (
     CTCAE_THRESHOLDS,
     ctcae_grade,
     engraftment_day,

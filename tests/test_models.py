@@ -8,13 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pkpd.cards import list_cards
-from pkpd.drivers import KPD, ClosedFormPK, ConcentrationColumn
-from pkpd.model import load_model
-from pkpd.pd.effects import drug_effect
-from pkpd.pd.friberg import Friberg
-from pkpd.simulate import simulate, solve_design
-from pkpd.solve import Dynamics, SolverOptions, predict_outputs, prepare_subjects
+from pkpd.model.card import list_cards
+from pkpd.model.pk.drivers import KPD, ClosedFormPK, ConcentrationColumn
+from pkpd.model.model import load_model
+from pkpd.model.pd.effects import drug_effect
+from pkpd.model.pd.friberg import Friberg
+from pkpd.stats.simulate import simulate, solve_design
+from pkpd.model.system import pk_pd_system
+from pkpd.solve.solver import SolverOptions, predict_outputs, prepare_subjects
 
 BSA = 1.8
 # Docetaxel 3-cmt PK (Bruno 1996 as re-implemented in radivot/myelo; MODELS.md 1.2).
@@ -50,18 +51,18 @@ def test_no_drug_steady_state_every_card(card):
     """No dose: every PD state stays at its steady state to 1e-9 relative over 60 days."""
     model = load_model(card)
     out_name = [o for o in model.outputs if o != "CONC"][0]
-    from pkpd.simulate import OUTPUT_DVID
+    from pkpd.stats.simulate import OUTPUT_DVID
 
     df = design(doses=(), dvid=OUTPUT_DVID[out_name], extra={"CP": 0.0})
     theta = typical_theta(model, df)
     dyn = model.dynamics_for(df)
     data = prepare_subjects(dyn, df)
     th = {k: jnp.asarray(np.asarray(v, float)) for k, v in theta.items()}
-    from pkpd.solve import solve_batch_jit
+    from pkpd.solve.solver import solve_batch_jit
 
     ts = jnp.asarray(df["TIME"].to_numpy()[None, :])
-    states, ok, _ = solve_batch_jit(dyn, data, th, ts)
-    y0 = dyn.pd.initial_state({k: v[0] for k, v in th.items()})
+    states, ok, _ = solve_batch_jit(dyn, data, th, ts, model.solver_options())
+    y0 = dyn.flatten(dyn.initial_state({k: v[0] for k, v in th.items()}))
     assert bool(ok[0])
     rel = np.max(np.abs(np.asarray(states[0]) - np.asarray(y0)) / np.abs(np.asarray(y0)))
     assert rel < 1e-9, f"{card}: states drift by {rel:.2e} relative without drug"
@@ -136,7 +137,7 @@ def test_gradients_match_finite_differences():
 
 
 def _friberg_solve(system, driver, theta, df, opts=SolverOptions()):
-    dyn = Dynamics(driver, system, 1000 / 808)
+    dyn = pk_pd_system(driver, system, 1000 / 808)
     data = prepare_subjects(dyn, df)
     rows = df["EVID"].to_numpy() == 0
     t = jnp.asarray(df["TIME"].to_numpy()[rows][None, :])
@@ -180,7 +181,7 @@ def test_separate_kcirc_steady_state_and_effect():
     theta = {"Circ0": 250.0, "MTT": 120.0, "gamma": 0.2, "slope": 1.0, "kcirc": 0.01}
     y0 = np.asarray(system.initial_state(theta))
     np.testing.assert_allclose(y0[:-1], 250.0 * 0.01 / (4 / 120.0))
-    dy = system.vector_field(0.0, jnp.asarray(y0), theta, 0.0, lambda r: 0.0)
+    dy = system.vector_field(0.0, jnp.asarray(y0), theta, {"drug": 0.0}, None)
     assert np.max(np.abs(np.asarray(dy))) < 1e-12 * 250
 
 
@@ -210,7 +211,7 @@ def test_drivers_agree():
 
     pk = ClosedFormPK("3cmt", False, (), False)
     closed = _friberg_solve(Friberg(), pk, {**DOCETAXEL_PK, **pdt}, df)
-    from pkpd.predict import predict_pk
+    from pkpd.model.pk.predict import predict_pk
 
     doses = [(0.0, 180.0, 180.0), (504.0, 180.0, 180.0)]
     fine = np.arange(0.0, 42 * 24 + 1, 0.05)
@@ -225,8 +226,8 @@ def test_drivers_agree():
 
 def test_simulation_round_trip(tmp_path):
     """simulate() output passes check_dataset and reads back with identical values."""
-    from pkpd.dataset import read_dataset
-    from pkpd.validation import check_dataset
+    from pkpd.data.dataset import read_dataset
+    from pkpd.data.validation import check_dataset
 
     df = design(doses=[(0.0, 180.0, 180.0)], times=np.arange(0.0, 21 * 24 + 1, 24.0), ids=(1, 2, 3))
     sim = simulate("kloft2006_docetaxel", df, seed=7)

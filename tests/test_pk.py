@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pkpd.events import evaluation_keys
-from pkpd.predict import pk_predictor, prepare_pk
+from pkpd.dosing.events import evaluation_keys
+from pkpd.model.pk.predict import pk_predictor, prepare_pk
 
 # ---------------------------------------------------------------------------------------
 # helpers
@@ -502,7 +502,7 @@ def test_gradients_match_finite_differences():
 
 
 def test_predict_pk_equals_low_level_path():
-    import pkpd.predict
+    import pkpd.model.pk.predict
 
     times = np.arange(0.0, 60.0)
     df = frame(
@@ -514,7 +514,7 @@ def test_predict_pk_equals_low_level_path():
     )
     params = dict(P2, ALAG2="LAG", D2=3.0, F1=0.8)
     want = predict(df, M2, params)
-    got = pkpd.predict.predict_pk(df, M2, params)
+    got = pkpd.model.pk.predict.predict_pk(df, M2, params)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
@@ -522,7 +522,7 @@ def test_predict_pk_equals_low_level_path():
 def test_bad_dose_compartment_and_missing_modelled_rate_are_errors():
     """A dose into a compartment the model lacks, or RATE -1/-2 without R<n>/D<n>, is a clear error."""
     from pkpd.errors import ModelError
-    from pkpd.predict import prepare_pk
+    from pkpd.model.pk.predict import prepare_pk
 
     base = dict(ID=1, TIME=0.0, DV=np.nan, AMT=100.0, EVID=1, MDV=1, CMT=3, RATE=0.0, II=0.0, ADDL=0, SS=0)
     obs = dict(base, TIME=1.0, AMT=0.0, EVID=0, CMT=0)

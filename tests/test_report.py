@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from pkpd.report import (
+from pkpd.reporting.forecast import (
     FORECAST_SCHEMA,
     TABLE_COLUMNS,
     fan_chart,
@@ -192,3 +192,89 @@ def test_fan_chart_bad_panel_leaves_no_file(tmp_path):
     with pytest.raises(KeyError):
         fan_chart(tmp_path / "fan.png", panels)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- per-lineage entries
+def _plt_draws(n=200, seed=1):
+    """V-shaped platelet trajectories: baseline 250, linear fall to a nadir, linear rise."""
+    y, nadir_v, nadir_t, rise = _draws(n, seed)
+    return y * 50.0, nadir_v * 50.0, nadir_t, rise * 50.0
+
+
+def test_platelet_summary_uses_the_lineage_table():
+    y, nadir_v, nadir_t, rise = _plt_draws()
+    e = patient_summary(T_H, y, patient_id="P1", regimen="carbo", lineage="PLT", ready=[(504.0, 100.0)])
+    assert e["lineage"] == "PLT"
+    assert set(e["recovery_h"]) == {"100.0", "75.0", "baseline"}
+    rec100 = nadir_t + (100.0 - nadir_v) / rise
+    rec100 = np.where(rec100 <= T_H[-1], rec100, np.nan)
+    assert e["recovery_h"]["100.0"]["p_not_recovered"] == pytest.approx(np.mean(np.isnan(rec100)))
+    mins = np.min(y, axis=1)
+    assert e["p_grade"]["4"] == pytest.approx(np.mean(mins < 25.0))
+    assert e["p_grade"]["3"] == pytest.approx(np.mean(mins < 50.0))
+    assert 0.0 < e["p_grade"]["4"] < e["p_grade"]["3"] < 1.0  # the check can fail
+    assert e["p_transfusion"] == {"10.0": pytest.approx(np.mean(mins < 10.0)),
+                                  "20.0": pytest.approx(np.mean(mins < 20.0))}
+    assert 0.0 < e["p_transfusion"]["10.0"] < e["p_transfusion"]["20.0"]
+    # duration below the grade-4 bound (25) of the linearly interpolated draws, by brute-force quadrature
+    fine = np.arange(0.0, T_H[-1], 0.005) + 0.0025
+    below = [np.sum(np.interp(fine, T_H, yi) < 25.0) * 0.005 for yi in y]
+    assert e["grade4_duration_h"]["mean"] == pytest.approx(np.mean(below), rel=1e-3)
+    assert e["grade4_duration_h"]["mean"] > 0.0
+    # ANC keeps its shape: no lineage-specific keys
+    anc = patient_summary(T_H, y / 50.0, patient_id="P1", regimen="carbo")
+    assert "p_transfusion" not in anc and set(anc["recovery_h"]) == {"1.0", "1.5", "baseline"}
+    # haemoglobin: no grade 4 from a value, transfusion thresholds 7 and 8 g/dL
+    hb = patient_summary(T_H, 6.0 + y / 50.0, patient_id="P1", regimen="r", lineage="HGB")
+    assert hb["p_grade"]["4"] == 0.0 and hb["grade4_duration_h"] == {"mean": 0.0, "median": 0.0}
+    assert set(hb["p_transfusion"]) == {"7.0", "8.0"} and set(hb["recovery_h"]) == {"10.0", "baseline"}
+
+
+def _with_lineages(entry):
+    y, *_ = _plt_draws()
+    plt = patient_summary(T_H, y, patient_id="P1", regimen="doc100", lineage="PLT")
+    lineages = [
+        {"lineage": "ANC", "unit": "10^9/L", "grades": {"1": 2.0, "2": 1.5, "3": 1.0, "4": 0.5},
+         "baseline_parameter": "Circ0", "patients": [entry]},
+        {"lineage": "PLT", "unit": "10^9/L", "grades": {"1": 150.0, "2": 75.0, "3": 50.0, "4": 25.0},
+         "baseline_parameter": None, "patients": [plt]},
+    ]
+    return forecast_json("m", "p", 0.9, 504.0, [entry], lineages=lineages)
+
+
+def test_schema_accepts_lineages(entry):
+    obj = _with_lineages(entry)
+    validate_forecast_json(obj)
+    back = json.loads(json.dumps(obj, allow_nan=False))
+    validate_forecast_json(back)
+    assert [lin["lineage"] for lin in back["lineages"]] == ["ANC", "PLT"]
+    # without lineages (single-lineage JSON as before) it still validates
+    validate_forecast_json(forecast_json("m", "p", 0.9, 504.0, [entry]))
+    assert "lineages" not in forecast_json("m", "p", 0.9, 504.0, [entry])
+
+
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda o: o["lineages"][1]["patients"][0]["p_transfusion"].update({"10.0": 1.5}),
+         "$.lineages[1].patients[0].p_transfusion.10.0"),
+        (lambda o: o["lineages"][1]["patients"][0]["p_transfusion"].update({"soon": 0.1}),
+         "$.lineages[1].patients[0].p_transfusion.soon"),
+        (lambda o: o["lineages"][1]["patients"][0].update(lineage="ANC"), "$.lineages[1].patients[0].lineage"),
+        (lambda o: o["lineages"][1].update(lineage="ANC"), "$.lineages[1].lineage: 'ANC' appears twice"),
+        (lambda o: o["lineages"][1]["grades"].update({"5": 1.0}), "$.lineages[1].grades.5"),
+        (lambda o: o["lineages"][0].pop("unit"), "$.lineages[0]: missing key 'unit'"),
+        (lambda o: o["lineages"][1]["patients"][0].pop("nadir"), "$.lineages[1].patients[0]: missing key 'nadir'"),
+        (lambda o: o["lineages"][1]["patients"][0].update(extra=1), "$.lineages[1].patients[0].extra: unexpected key"),
+        (lambda o: o["lineages"][1]["patients"][0]["trajectory"]["lo"].pop(),
+         "$.lineages[1].patients[0].trajectory.lo"),
+        (lambda o: o["patients"][0].update(p_transfusion={"10.0": 0.1}), "$.patients[0].p_transfusion: unexpected key"),
+        (lambda o: o.update(lineages={}), "$.lineages: expected array"),
+    ],
+)
+def test_validator_rejects_bad_lineages(entry, mutate, where):
+    obj = copy.deepcopy(_with_lineages(entry))
+    mutate(obj)
+    with pytest.raises(ValueError) as info:
+        validate_forecast_json(obj)
+    assert where in str(info.value)

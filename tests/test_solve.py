@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 import pkpd
-from pkpd.simulate import solve_design
-from pkpd.solve import SolverOptions
-from pkpd.statmodel import FitSpec, PopulationProblem
+from pkpd.stats.simulate import solve_design
+from pkpd.solve.solver import SolverOptions
+from pkpd.stats.population import FitSpec, PopulationProblem
 
 TIGHT = SolverOptions(rtol=1e-11, atol=1e-13, max_steps=100_000)
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import pkpd.cli
 from pkpd.errors import DatasetError
-from pkpd.validation import ValidationReport, Violation, check_dataset
+from pkpd.data.validation import ValidationReport, Violation, check_dataset
 
 HEADER = ["ID", "TIME", "DV", "AMT", "RATE", "II", "ADDL", "SS", "EVID", "MDV", "CMT", "DVID"]
 # Clean rows; the comment is each row's CSV line number.
@@ -173,8 +173,8 @@ def test_unit_argument_problems(tmp_path):
     (hit,) = check_dataset(file, units={"CONC": "umol/L"}).violations
     assert hit.code == "missing-unit" and "molar_mass" in hit.message
     assert check_dataset(file, units={"CONC": "umol/L"}, molar_mass=808).ok
-    (hit,) = check_dataset(file, time_unit="weeks").violations
-    assert (hit.code, hit.column) == ("unknown-unit", "TIME") and "weeks" in hit.message
+    (hit,) = check_dataset(file, time_unit="fortnights").violations
+    assert (hit.code, hit.column) == ("unknown-unit", "TIME") and "fortnights" in hit.message
     (hit,) = check_dataset(file, observation_types={1: "CONC", 2: "CRP"}).violations
     assert hit.code == "missing-unit" and "CRP" in hit.message
     assert check_dataset(file, observation_types={1: "CONC", 2: "CRP"}, units={"CRP": "mg/L"}).ok
@@ -293,7 +293,7 @@ def test_cli_exit_codes(tmp_path, cli, capsys):
     assert cli(["check", file, "--dvid", "x=ANC"]) == 2
     clean = write(tmp_path, CLEAN, name="clean.csv")
     assert cli(["check", clean, "--time-unit", "d", "--dose-unit", "ug", "--molar-mass", "808"]) == 0
-    assert cli(["check", clean, "--time-unit", "weeks"]) == 2
+    assert cli(["check", clean, "--time-unit", "fortnights"]) == 2
 
 
 def test_cli_unreadable_files(tmp_path, cli, capsys):
@@ -422,3 +422,137 @@ def test_property_valid_pass_and_corruption_found(rows, data):
         report = check_dataset(write(folder, broken))
         assert (line, code) in {(v.line, v.code) for v in report.errors}, (name, report.render())
         assert {v.line for v in report.errors} == {line}, (name, report.render())
+
+
+# ------------------------------------------------- silent reinterpretations (issue 11)
+
+
+def _with(extra_header, extra_by_line, rows=None):
+    """CLEAN (or ``rows``) with extra columns; ``extra_by_line`` maps CSV line -> values."""
+    rows = [list(r) for r in (rows or CLEAN)]
+    for k, r in enumerate(rows):
+        r.extend(extra_by_line.get(k + 2, ["."] * len(extra_header)))
+    return rows, HEADER + list(extra_header)
+
+
+def _anc_subjects(values_by_subject, dvid="2"):
+    """Subjects 1..n, each a dose at 0 and one observation of type ``dvid`` per value."""
+    rows = []
+    for s, values in enumerate(values_by_subject, start=1):
+        rows.append([str(s), "0", ".", "100", "0", "0", "0", "0", "1", "1", "1", "0"])
+        for k, v in enumerate(values):
+            rows.append([str(s), str(24 * (k + 1)), v, ".", ".", ".", ".", ".", "0", "0", "0", dvid])
+    return rows
+
+
+_TEXT_SHORT = to_text(CLEAN).replace("1,24,3.1,.,.,.,.,.,0,0,0,2", "1,24,3.1,.,.,.,.,.,0,0,0")
+_TEXT_TRAILING = to_text(CLEAN).replace("1,24,3.1,.,.,.,.,.,0,0,0,2", "1,24,3.1,.,.,.,.,.,0,0,0,2,,")
+_TWO_FORMS = [list(r) for r in CLEAN]
+for _r in _TWO_FORMS[3:]:
+    _r[0] = "01"  # lines 5-7: another patient, written 01, read as the same subject as 1
+_TWO_FORMS[3][1] = "0"
+
+# name -> (rows or text, header, kwargs, line, column, severity, code, phrase)
+REINTERPRETATIONS = {
+    "short row": (_TEXT_SHORT, None, {}, 4, "DVID", "error", "field-count", "has no DVID"),
+    "trailing empty fields": (_TEXT_TRAILING, None, {}, 4, None, "warning", "field-count", "empty and ignored"),
+    "one subject in another unit": (_anc_subjects([["2.1", "3.0"], ["1.9", "2.8"], ["1800", "2500"],
+                                                   ["2.2", "2.6"]]), None, {}, 9, "DV", "error", "unit-mismatch",
+                                    "ID 3: median ANC DV is 2150"),
+    "one subject in 10^9/L among cells/uL": (_anc_subjects([["2100", "3000"], ["1900", "2800"], ["1.8", "2.5"],
+                                                            ["2200", "2600"]]), None, {"units": {"ANC": "cells/uL"}},
+                                             9, "DV", "error", "unit-mismatch", "look like 10^9/L"),
+    "one value in another unit": (_anc_subjects([["2.1", "3.0", "2.4"], ["1.9", "1500", "2.0"]]), None, {}, 8,
+                                  "DV", "error", "unit-mismatch", "ANC DV 1500 10^9/L is impossible"),
+    "one subject's HGB in g/L": (_anc_subjects([["12", "9.8"], ["11", "10.5"], ["120", "98"], ["13", "12"]],
+                                               dvid="4"), None, {}, 9, "DV", "error", "unit-mismatch",
+                                 "look like g/L"),
+    "BLQ 1 above LLOQ": (*_with(["LLOQ", "BLQ"], {3: ["0.5", "1"]}), {}, 3, "BLQ", "error", "cens-above-lloq",
+                         "DV 2.5 is above the LLOQ 0.5"),
+    "BLQ 0 below LLOQ": (*_with(["LLOQ", "BLQ"], {3: ["5", "0"]}), {}, 3, "DV", "warning",
+                         "below-lloq-not-flagged", "read as censored"),
+    "BLQ 2": (*_with(["LLOQ", "BLQ"], {3: ["0.5", "2"]}), {}, 3, "BLQ", "error", "bad-cens", "BLQ 2 is not 0 or 1"),
+    "CENS -1": (*_with(["CENS"], {3: ["-1"]}), {}, 3, "CENS", "error", "bad-cens", "not supported"),
+    "BLQ and CENS disagree": (*_with(["BLQ", "CENS"], {3: ["1", "0"]}), {}, 3, "CENS", "error", "cens-conflict",
+                              "disagree"),
+    "CENS without LLOQ": (*_with(["CENS"], {3: ["1"]}), {}, 3, "LLOQ", "warning", "cens-without-lloq",
+                          "taken as the limit"),
+    "AMT on an observation": (edit(3, AMT="50"), None, {}, 3, "AMT", "error", "amt-on-non-dose",
+                              "AMT 50 on an observation record (EVID 0)"),
+    "RATE on an observation": (edit(3, RATE="10"), None, {}, 3, "RATE", "error", "rate-on-non-dose",
+                               "RATE 10 on an observation record"),
+    "AMT on an other-type event": (edit(3, EVID="2", MDV="1", DV=".", AMT="20"), None, {}, 3, "AMT", "error",
+                                   "amt-on-non-dose", "EVID 2"),
+    "RATE with AMT 0": (edit(2, AMT="0", RATE="10"), None, {}, 2, "RATE", "error", "rate-without-amt",
+                        "an infusion needs an amount"),
+    "SS 1 with AMT 0 and RATE 0": (edit(2, AMT="0", SS="1", II="24"), None, {}, 2, "SS", "error",
+                                   "ss-without-dose", "doses nothing"),
+    "SS on an observation": (edit(3, SS="1", II="24"), None, {}, 3, "SS", "error", "ss-on-non-dose",
+                             "a steady state needs a dose"),
+    "MDV 0 on a dose": (edit(2, MDV="0"), None, {}, 2, "MDV", "error", "mdv-evid", "MDV 0 marks an observation"),
+    "MDV 2": (edit(3, MDV="2"), None, {}, 3, "MDV", "error", "bad-mdv", "MDV 2 is not 0 or 1"),
+    "ID 01 within 1": (edit(3, ID="01"), None, {}, 3, "ID", "error", "id-spelling",
+                       "ID '01' is the same number as ID '1' (line 2)"),
+    "ID 01 after 1": (_TWO_FORMS, None, {}, 5, "ID", "error", "id-spelling", "read as subject 1"),
+    "ID 1.0": (edit(6, ID="2.0"), None, {}, 6, "ID", "error", "id-spelling", "'2.0'"),
+    "negative TIME": (edit(2, TIME="-1"), None, {}, 2, "TIME", "error", "negative-time", "TIME -1 is negative"),
+    "TIME 1e308": (edit(4, TIME="1e308"), None, {}, 4, "TIME", "error", "absurd-value", "absurdly large"),
+    "AMT 1e308": (edit(2, AMT="1e308"), None, {}, 2, "AMT", "error", "absurd-value", "AMT 1e+308"),
+    "AMT Infinity": (edit(2, AMT="Infinity"), None, {}, 2, "AMT", "error", "non-finite", "not finite"),
+    "DV 1e308 CONC": (edit(3, DV="1e308"), None, {}, 3, "DV", "error", "absurd-value", "for CONC"),
+    "DV 1e308 ANC": (edit(4, DV="1e308"), None, {}, 4, "DV", "error", "absurd-value", "for ANC"),
+    "ADDL 1e9": (edit(2, ADDL="1000000000", II="24"), None, {}, 2, "ADDL", "error", "absurd-value", "ADDL"),
+    "zero count": (edit(4, DV="0"), None, {}, 4, "DV", "warning", "zero-count", "log-scale residual error"),
+    "covariate missing for a subject": (*_with(["WT"], {2: ["70"], 3: ["70"], 4: ["70"]}), {}, 5, "WT",
+                                        "warning", "covariate-missing", "no value for ID 2 (lines 5-7)"),
+    "covariate text among numbers": (*_with(["WT"], {2: ["70"], 3: ["70"], 4: ["70"], 5: ["80"],
+                                                     6: ["eighty"], 7: ["80"]}), {}, 6, "WT", "warning",
+                                     "covariate-not-numeric", "'eighty'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REINTERPRETATIONS))
+def test_silent_reinterpretations_are_reported(tmp_path, name):
+    rows, header, kwargs, line, column, severity, code, phrase = REINTERPRETATIONS[name]
+    path = write(tmp_path, rows, header or HEADER)
+    report = check_dataset(path, **kwargs)
+    hits = [v for v in report.violations if v.code == code]
+    assert len(hits) == 1, report.render()
+    hit = hits[0]
+    assert (hit.line, hit.column, hit.severity) == (line, column, severity), report.render()
+    assert phrase in hit.message, hit.message
+    if severity == "error":
+        assert not report.ok and {v.line for v in report.errors} == {line}, report.render()
+        with pytest.raises(DatasetError) as err:  # read_dataset refuses what check reports
+            from pkpd.data.dataset import read_dataset
+
+            read_dataset(path, **kwargs)
+        assert (line, code) in {(v.line, v.code) for v in err.value.violations}
+    else:
+        assert report.ok and {v.line for v in report.warnings} == {line}, report.render()
+
+
+def test_clean_variants_stay_clean(tmp_path):
+    """What the new rules must not flag: zeros on observation rows, flags that agree, one ID form."""
+    rows = edit(3, AMT="0", RATE="0", SS="0", II="0", ADDL="0")
+    assert check_dataset(write(tmp_path, rows)).violations == []
+    rows, header = _with(["LLOQ", "BLQ"], {3: ["2.5", "1"], 4: ["0.5", "0"]})  # DV == LLOQ when BLQ 1
+    assert check_dataset(write(tmp_path, rows, header)).violations == []
+    rows = _anc_subjects([["2.1", "0.05"], ["1.9", "2.8"], ["45", "30"]])  # nadir and G-CSF-level counts
+    assert check_dataset(write(tmp_path, rows)).violations == []
+    rows = _anc_subjects([["2100", "15"], ["1900", "2800"]])  # a nadir of 15 cells/uL is no unit error
+    assert check_dataset(write(tmp_path, rows), units={"ANC": "cells/uL"}).violations == []
+    rows, header = _with(["WT"], {2: ["70"], 5: ["80"]})  # values on the first row only: fine
+    assert check_dataset(write(tmp_path, rows, header)).violations == []
+
+
+def test_cli_check_reports_each_class_on_its_line(tmp_path, cli, capsys):
+    for name in ("short row", "one subject in another unit", "BLQ 1 above LLOQ", "AMT on an observation",
+                 "ID 01 after 1", "TIME 1e308", "zero count", "covariate missing for a subject"):
+        rows, header, kwargs, line, column, severity, code, _ = REINTERPRETATIONS[name]
+        status = cli(["check", write(tmp_path, rows, header or HEADER)])
+        captured = capsys.readouterr()
+        assert status == (2 if severity == "error" else 0), (name, captured.out)
+        assert "Traceback" not in captured.out + captured.err
+        row = next(r for r in captured.out.splitlines() if code in r)
+        assert row.split()[:3] == [str(line), column or "-", severity], (name, row)

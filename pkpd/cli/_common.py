@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pkpd.cli.check import _mapping
-from pkpd.errors import PkpdError
+from .check import _mapping
+from ..errors import PkpdError
 
 
 def add_data_options(p) -> None:
@@ -19,7 +19,7 @@ def add_data_options(p) -> None:
 
 def read_data(args, path=None):
     """Read and validate the data set named by ``args`` (raises DatasetError with every violation)."""
-    from pkpd.dataset import read_dataset
+    from ..data.dataset import read_dataset
 
     path = path or args.data
     if not Path(path).is_file():
@@ -46,11 +46,12 @@ def parse_values(text: str | None, option: str) -> dict:
 
 
 def example_data() -> Path:
-    """The shipped example data set (``data/example.csv`` of the checkout)."""
-    import pkpd
+    """The shipped example data set (``data/example.csv`` of a checkout, else the package data)."""
+    from importlib import resources
 
-    for base in (Path(pkpd.__file__).resolve().parents[1], Path.cwd()):
-        candidate = base / "data" / "example.csv"
+    candidates = [Path(__file__).resolve().parents[2] / "data" / "example.csv",
+                  Path(str(resources.files("pkpd") / "_data" / "example.csv")), Path.cwd() / "data" / "example.csv"]
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise PkpdError("cannot find data/example.csv: run from the pkpd checkout or pass --data")

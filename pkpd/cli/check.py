@@ -6,7 +6,7 @@ the file or the arguments are unusable.
 
 from __future__ import annotations
 
-from pkpd.errors import PkpdError
+from ..errors import PkpdError
 
 
 def _mapping(text: str | None, option: str, key_int: bool = False) -> dict:
@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Run the check; print the table and a summary; return the exit status."""
-    from pkpd.validation import check_dataset
+    from ..data.validation import check_dataset
 
     units = _mapping(args.units, "--units")
     types = _mapping(args.dvid, "--dvid", key_int=True) or None

@@ -12,8 +12,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ._outputs import add_output_options, plan_folder
+
 DEMO_CARD = "kloft2006_docetaxel"
 CYCLE_H = 504.0
+OUTPUT_FILES = ("forecast.json", "forecast.png", "population_fit.nc")
 
 
 def add_parser(subparsers) -> None:
@@ -26,24 +29,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--forecast-method", choices=["nuts", "laplace"], default="nuts")
     p.add_argument("--days", type=int, default=7, help="days of the held-out patient's counts used (default 7)")
     p.add_argument("--seed", type=int, default=1)
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ._common import example_data
+
+    out = Path(args.out)
+    path = Path(args.data) if args.data else example_data()
+    outputs = plan_folder("demo", "--out", out, OUTPUT_FILES, [("--data", path)], no_clobber=args.no_clobber)
+
     import pandas as pd
 
-    from pkpd.cli._common import example_data
-    from pkpd.config import enable_compilation_cache
-    from pkpd.dataset import read_dataset
-    from pkpd.errors import PkpdError
-    from pkpd.fit import fit
-    from pkpd.forecast import forecast
-    from pkpd.validation import check_dataset
+    from ..config import enable_compilation_cache
+    from ..data.dataset import read_dataset
+    from ..data.validation import check_dataset
+    from ..errors import PkpdError
+    from ..forecasting.forecast import forecast
+    from ..infer.fit import fit
 
     enable_compilation_cache()
-    out = Path(args.out)
     start = time.perf_counter()
-    path = Path(args.data) if args.data else example_data()
     print(f"== 1. Validate {path}")
     report = check_dataset(path)
     if report.violations:
@@ -87,10 +94,15 @@ def run(args) -> int:
         print(f"observed ANC in cycle 2 (not used): min {cycle2['DV'].min():.3g} x10^9/L on day "
               f"{(cycle2.loc[cycle2['DV'].idxmin(), 'TIME'] - CYCLE_H) / 24:.0f} after the dose")
 
-    out.mkdir(parents=True, exist_ok=True)
-    fc.to_json(out / "forecast.json")
-    fc.plot(out / "forecast.png")
-    population.save(out / "population_fit.nc")
-    print(f"\nwrote {out / 'forecast.json'}, {out / 'forecast.png'} and {out / 'population_fit.nc'} "
-          f"(total {time.perf_counter() - start:.0f} s)")
+    from ..io import atomic_paths
+
+    # the three files are written together: an interrupt or a failure replaces none of them
+    with atomic_paths([o.path for o in outputs], [".json", ".png", ".nc"],
+                      overwrite=not args.no_clobber) as (json_tmp, png_tmp, fit_tmp):
+        fc.to_json(json_tmp)
+        fc.plot(png_tmp)
+        population.save(fit_tmp)
+    for o in outputs:
+        print(o.wrote())
+    print(f"(total {time.perf_counter() - start:.0f} s)")
     return 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pkpd.cli._common import add_data_options, read_data
-from pkpd.errors import PkpdError
+from ._common import add_data_options, read_data
+from ._outputs import add_output_options, plan_outputs
+from ..errors import PkpdError
 
 
 def add_parser(subparsers) -> None:
@@ -37,26 +38,29 @@ def add_parser(subparsers) -> None:
                    "(checked against a tight solve and refined at set-up; faster for oral dosing)")
     p.add_argument("--out", required=True, help="output netCDF file (written atomically)")
     p.add_argument("--no-progress", action="store_true")
+    add_output_options(p)
     add_data_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import warnings
-
-    import pandas as pd
-
-    from pkpd.config import enable_compilation_cache
-    from pkpd.fit import fit
-
     for name in ("chains", "warmup", "samples", "steps"):
         if getattr(args, name) < 1:
             raise PkpdError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not str(args.out).endswith(".nc"):
         raise PkpdError(f"--out should be a .nc (netCDF) file, got {args.out!r}")
+    (out,) = plan_outputs("fit", [("--out", args.out)], [("DATA", args.data), ("--model", args.model)],
+                          no_clobber=args.no_clobber)
+    import warnings
+
+    import pandas as pd
+
+    from ..config import enable_compilation_cache
+    from ..infer.fit import fit
+
     enable_compilation_cache()
     dataset = read_data(args)
-    from pkpd.solve import SolverOptions
+    from ..solve.solver import SolverOptions
 
     fixed = tuple(x.strip() for x in (args.fix or "").split(",") if x.strip())
     solver = SolverOptions(solver="rk4-grid") if args.solver == "rk4-grid" else SolverOptions(rtol=1e-6, atol=1e-8)
@@ -68,11 +72,14 @@ def run(args) -> int:
                      parameterisation=args.parameterisation,
                      progress=not args.no_progress, covariance=args.covariance, prior_width=args.prior_width,
                      fixed=fixed, censoring=args.censoring, solver=solver)
-    result.save(args.out)
+    from ..io import atomic_path
+
+    with atomic_path(out.path, ".nc", overwrite=not args.no_clobber) as tmp:
+        result.save(tmp)
     with pd.option_context("display.width", 140, "display.max_columns", 20):
         print(result.summary().to_string(float_format=lambda x: f"{x:.4g}"))
     s = result.settings
-    print(f"\n{result!r}; wall time {s['wall_time_s']:.1f} s; wrote {args.out}")
+    print(f"\n{result!r}; wall time {s['wall_time_s']:.1f} s; {out.wrote()}")
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pkpd.cli._common import add_data_options, read_data
-from pkpd.errors import PkpdError
+from ._common import add_data_options, read_data
+from ._outputs import add_output_options, plan_outputs
+from ..errors import PkpdError
 
 
 def add_parser(subparsers) -> None:
@@ -26,15 +27,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the forecast JSON here (atomically)")
     p.add_argument("--plot", help="write a fan chart PNG here (first patient; atomically)")
+    add_output_options(p)
     add_data_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pkpd.forecast import forecast
-
     if args.draws < 2:
         raise PkpdError(f"--draws must be >= 2, got {args.draws}")
+    outputs = plan_outputs("forecast", [("--json", args.json), ("--plot", args.plot)],
+                           [("--data", args.data), ("--prior", args.prior)], no_clobber=args.no_clobber)
+    from ..forecasting.forecast import forecast
+
     data = read_data(args)
     fc = forecast(args.prior, data, args.regimen, horizon=args.horizon, method=args.method, lineage=args.lineage,
                   draws=args.draws, seed=args.seed)
@@ -54,10 +58,17 @@ def run(args) -> int:
               f"median grade-4 duration {row['grade4_days_median']:.1f} d")
         print(f"  recovery to 1.5: {rec_txt}")
         print(f"  readiness: {ready}")
-    if args.json:
-        fc.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        fc.plot(args.plot)
-        print(f"wrote {args.plot}")
+    if outputs:
+        from ..io import atomic_paths
+
+        # written together: an interrupt or a failure replaces neither file
+        suffixes = [".json" if out.option == "--json" else ".png" for out in outputs]
+        with atomic_paths([out.path for out in outputs], suffixes, overwrite=not args.no_clobber) as tmps:
+            for out, tmp in zip(outputs, tmps):
+                if out.option == "--json":
+                    fc.to_json(tmp)
+                else:
+                    fc.plot(tmp)
+        for out in outputs:
+            print(out.wrote())
     return 0

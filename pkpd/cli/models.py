@@ -7,7 +7,7 @@ field of that card. Exit status 0, or 2 for an unknown or malformed card.
 
 from __future__ import annotations
 
-from pkpd.cards import ModelCard, ParameterSpec, list_cards, load_card, models_dir
+from ..model.card import ModelCard, ParameterSpec, list_cards, load_card, models_dir
 
 _LINEAGE = {"ANC": "neutrophils", "WBC": "leukocytes", "PLT": "platelets", "HGB": "erythroid"}
 
@@ -36,20 +36,34 @@ def _lineage(card: ModelCard) -> str:
     return ", ".join(_LINEAGE[o] for o in card.outputs if o in _LINEAGE) or "-"
 
 
-def _pd_summary(card: ModelCard) -> str:
-    opts = card.pd.options
-    extras = [k for k in ("separate_kcirc", "stem_cell", "dexamethasone") if opts.get(k)]
-    text = f"{card.pd.system} n={opts['n_transit']} {opts['drug_effect']}"
+def _one_pd(pd) -> str:
+    opts = pd.options
+    extras = [k for k in ("separate_kcirc", "stem_cell", "dexamethasone", "gcsf_stimulation") if opts.get(k)]
+    text = pd.system
+    if "n_transit" in opts:
+        text += f" n={opts['n_transit']}"
+    if "drug_effect" in opts:
+        text += f" {opts['drug_effect']}"
     return text + "".join(f" +{e}" for e in extras)
 
 
-def _pk_summary(card: ModelCard) -> str:
-    pk = card.pk
+def _pd_summary(card: ModelCard) -> str:
+    return " + ".join(_one_pd(pd) for pd in (card.pds or (card.pd,)))
+
+
+def _one_pk(pk) -> str:
     if pk.driver in ("closed_form", "covariates"):
         return f"{pk.driver} {pk.model}" + (" oral" if pk.absorption else "")
     if pk.driver == "concentration":
         return f"concentration ({pk.column})"
+    if pk.driver == "ode":
+        return f"ode {pk.compartments}cmt" + (" sc" if pk.absorption else "") + \
+            (f" {pk.binding}" if pk.binding and pk.binding != "none" else "")
     return pk.driver
+
+
+def _pk_summary(card: ModelCard) -> str:
+    return " + ".join(_one_pk(pk) for pk in (card.pks or (card.pk,)))
 
 
 def table(cards: list[ModelCard]) -> str:
@@ -90,7 +104,7 @@ def _block(text: str | None, indent: str = "  ") -> list[str]:
 
 def describe(card: ModelCard) -> str:
     """Every field of ``card`` as readable text."""
-    ref, pk, pd = card.reference, card.pk, card.pd
+    ref = card.reference
     out = [f"{card.name}: {card.title}", f"  file: {card.path}", f"  drug: {card.drug}",
            f"  outputs: {', '.join(card.outputs)}", "", "Reference"]
     out += [f"  {ref.authors}. {ref.title}. {ref.journal}."]
@@ -100,26 +114,49 @@ def describe(card: ModelCard) -> str:
         out.append(f"  {ref.url}")
     out.append(f"  reliability: {ref.reliability}" + (f"; values from {ref.values_from}" if ref.values_from else ""))
     out += _block(ref.notes)
-    out += ["", f"PK: driver {pk.driver}" + (f", {pk.model}" if pk.model else "")
-            + (", first-order absorption" if pk.absorption else "")]
-    out.append(f"  dose unit {pk.dose_unit}; concentration {pk.concentration_unit or '-'}"
-               + (f"; molar mass {pk.molar_mass:g} g/mol" if pk.molar_mass else ""))
-    if pk.column:
-        out.append(f"  concentration column {pk.column} ({pk.interpolation} interpolation)")
-    if pk.reference:
-        out.append(f"  source: {pk.reference}")
-    out += [_param_line(p) for p in pk.parameters.values()]
-    out += _block(pk.notes)
-    opts = pd.options
-    out += ["", f"PD: {pd.system}, {opts['n_transit']} transit compartments, {opts['drug_effect']} drug effect"]
-    switches = [k for k in ("separate_kcirc", "stem_cell", "dexamethasone") if opts.get(k)]
-    if switches:
-        out.append(f"  options: {', '.join(switches)}")
-    if pd.concentration_unit:
-        out.append(f"  drug-effect concentration unit {pd.concentration_unit} "
-                   f"(PK concentration x {card.conc_scale:.6g})")
-    out += [_param_line(p) for p in pd.parameters.values()]
-    out += _block(pd.notes)
+    for pk in card.pks or (card.pk,):
+        out += ["", f"PK{' of ' + pk.drug if pk.drug else ''}: driver {pk.driver}" + (f", {pk.model}" if pk.model else "")
+                + (f", {pk.compartments} compartment(s)" if pk.compartments else "")
+                + (", first-order absorption" if pk.absorption else "")
+                + (f", {pk.elimination} elimination" if pk.elimination and pk.elimination != "linear" else "")
+                + (f", binding {pk.binding}" if pk.binding and pk.binding != "none" else "")]
+        out.append(f"  dose unit {pk.dose_unit}; concentration {pk.concentration_unit or '-'}"
+                   + (f"; molar mass {pk.molar_mass:g} g/mol" if pk.molar_mass else ""))
+        if pk.cmt:
+            out.append("  doses: " + ", ".join(f"CMT {c} -> {t}" for t, c in pk.cmt.items()))
+        if pk.column:
+            out.append(f"  concentration column {pk.column} ({pk.interpolation} interpolation)")
+        if pk.reference:
+            out.append(f"  source: {pk.reference}")
+        out += [_param_line(p) for p in pk.parameters.values()]
+        out += _block(pk.notes)
+    for pd in card.pds or (card.pd,):
+        opts = pd.options
+        head = f"PD{' ' + pd.name if pd.name else ''}: {pd.system}"
+        if "n_transit" in opts:
+            head += f", {opts['n_transit']} transit compartments"
+        if "drug_effect" in opts:
+            head += f", {opts['drug_effect']} drug effect"
+        out += ["", head]
+        switches = [k for k in ("separate_kcirc", "stem_cell", "dexamethasone", "gcsf_stimulation") if opts.get(k)]
+        if switches:
+            out.append(f"  options: {', '.join(switches)}")
+        if pd.cmt:
+            out.append("  doses: " + ", ".join(f"CMT {c} -> {t}" for t, c in pd.cmt.items()))
+        if pd.concentration_unit:
+            out.append(f"  drug-effect concentration unit {pd.concentration_unit} "
+                       f"(PK concentration x {card.conc_scale:.6g})")
+        out += [_param_line(p) for p in pd.parameters.values()]
+        out += _block(pd.notes)
+    if card.couplings:
+        out += ["", "Couplings"]
+        for key, c in card.couplings.items():
+            out.append(f"  {key} <- {c.signal}" + (f" (x {c.scale:.6g}{', to ' + c.unit if c.unit else ''})"
+                                                    if c.scale != 1.0 or c.unit else ""))
+    if card.observe:
+        out += ["", "Outputs"]
+        for name, o in card.observe.items():
+            out.append(f"  {name} = {o.signal} [{o.unit}]" + (f", DVID {o.dvid}" if o.dvid else ""))
     out += ["", "Residual error"]
     for e in card.error.values():
         sds = f"sd {e.sd:g}" if e.sd is not None else f"sd_add {e.sd_add:g}, sd_prop {e.sd_prop:g}"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pkpd.cli._common import add_data_options, parse_values, read_data
-from pkpd.errors import PkpdError
+from ._common import add_data_options, parse_values, read_data
+from ._outputs import add_output_options, plan_outputs
+from ..errors import PkpdError
 
 
 def add_parser(subparsers) -> None:
@@ -19,13 +20,14 @@ def add_parser(subparsers) -> None:
                    "(a non-numeric value names a data column)")
     p.add_argument("--card", help="take the PK model and typical values from this model card")
     p.add_argument("--out", help="write the predictions as CSV here (atomically)")
+    add_output_options(p)
     add_data_options(p)
     p.set_defaults(func=run)
 
 
 def pk_from_card(card_name):
     """(model, params) of a model card's closed-form PK at its typical values."""
-    from pkpd.cards import load_card
+    from ..model.card import load_card
 
     card = load_card(card_name)
     if card.pk.driver != "closed_form":
@@ -38,7 +40,7 @@ def pk_from_card(card_name):
 
 def predictions(dataset, model, params):
     """Data frame of observation rows with the predicted concentration."""
-    from pkpd.predict import predict_pk
+    from ..model.pk.predict import predict_pk
 
     df = dataset.df
     obs = df[df["EVID"] == 0][["LINE", "ID", "TIME", "DVID", "DV"]].copy()
@@ -48,6 +50,8 @@ def predictions(dataset, model, params):
 
 
 def run(args) -> int:
+    outputs = plan_outputs("pk", [("--out", args.out)], [("DATA", args.data), ("--card", args.card)],
+                           no_clobber=args.no_clobber)
     if args.card:
         model, params = pk_from_card(args.card)
         params.update(parse_values(args.param, "--param"))
@@ -57,12 +61,12 @@ def run(args) -> int:
         model, params = args.model, parse_values(args.param, "--param")
     dataset = read_data(args)
     table = predictions(dataset, model, params)
-    if args.out:
-        from pkpd.io import atomic_path
+    for out in outputs:
+        from ..io import atomic_path
 
-        with atomic_path(args.out, ".csv") as tmp:
+        with atomic_path(out.path, ".csv", overwrite=not args.no_clobber) as tmp:
             table.to_csv(tmp, index=False, na_rep=".")
-        print(f"wrote {args.out}")
+        print(out.wrote())
     import pandas as pd
 
     with pd.option_context("display.max_rows", 60, "display.width", 120):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pkpd.cli._common import parse_values
-from pkpd.errors import PkpdError
+from ._common import parse_values
+from ._outputs import add_output_options, plan_outputs
+from ..errors import PkpdError
 
 
 def _times(text: str | None):
@@ -40,22 +41,25 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-iiv", action="store_true", help="typical parameters for everybody")
     p.add_argument("--no-residual", action="store_true", help="noise-free observations")
     p.add_argument("--out", required=True, help="output CSV (written atomically)")
+    add_output_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pkpd.io import atomic_path
-    from pkpd.simulate import simulate
-
     if args.n < 1:
         raise PkpdError(f"--n must be >= 1, got {args.n}")
+    (out,) = plan_outputs("simulate", [("--out", args.out)], [("MODEL", args.model)], no_clobber=args.no_clobber)
+    times = _times(args.times)
+    covariates = parse_values(args.covariates, "--covariates")
+    from ..io import atomic_path
+    from ..stats.simulate import simulate
+
     sim = simulate(
-        args.model, args.regimen, n_subjects=args.n, seed=args.seed, times=_times(args.times),
-        covariates=parse_values(args.covariates, "--covariates"), iiv=not args.no_iiv,
-        residual=not args.no_residual,
+        args.model, args.regimen, n_subjects=args.n, seed=args.seed, times=times,
+        covariates=covariates, iiv=not args.no_iiv, residual=not args.no_residual,
     )
-    with atomic_path(args.out, ".csv") as tmp:
+    with atomic_path(out.path, ".csv", overwrite=not args.no_clobber) as tmp:
         sim.to_csv(tmp, index=False, na_rep=".")
     n_obs = int((sim["EVID"] == 0).sum())
-    print(f"wrote {args.out}: {args.n} subjects, {n_obs} observations (model {args.model}, seed {args.seed})")
+    print(f"{out.wrote()}: {args.n} subjects, {n_obs} observations (model {args.model}, seed {args.seed})")
     return 0

@@ -1,0 +1,1 @@
+"""Reading, validating and holding NONMEM-style data sets."""

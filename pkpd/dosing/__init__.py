@@ -1,0 +1,1 @@
+"""Dose events with NONMEM semantics, and regimens."""

@@ -1,0 +1,1 @@
+"""Individual forecasts, endpoints per lineage, dose recommendation."""

@@ -1,0 +1,1 @@
+"""Population inference: NUTS, SVI, MAP; the Fit result."""

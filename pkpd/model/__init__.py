@@ -1,0 +1,1 @@
+"""Models: components, the coupled system, model cards, PK and PD families."""

@@ -1,0 +1,291 @@
+"""Models: a model card turned into something that simulates and fits.
+
+:class:`Model` is the user-facing object (plain Python, holds the card: typical values,
+IIV, residual error, covariate effects). Its :attr:`Model.dynamics` is the coupled
+:class:`pkpd.model.system.System` (an equinox pytree) that compiled code uses, built by
+:func:`build_system` from the card's components (:mod:`pkpd.model.registry`): a new
+model family is one new module (a final :class:`pkpd.model.component.Component`
+subclass, registered by a short name or named as ``system = "package.module:Class"``)
+plus one model card.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ModelError
+from .card import ModelCard, load_card
+from .pd.friberg import Friberg
+from .pk.closed_form import _dose_quantity
+from .pk.drivers import KPD, ClosedFormPK, ConcentrationColumn
+from .registry import PD_SYSTEMS, pd_class
+from .system import Route, System, pk_pd_system
+
+__all__ = ["Model", "load_model", "PD_SYSTEMS", "covariate_factors", "build_system"]
+
+
+def _pd_class(system: str):
+    return pd_class(system)
+
+
+def build_system(card: ModelCard, steady_state: bool = True) -> System:
+    """The coupled :class:`~pkpd.model.system.System` of a card (schema 1 or 2).
+
+    Schema 1: the card's PK component drives its PD component (:func:`pk_pd_system`).
+    Schema 2: every ``[[pk]]`` and ``[[pd]]`` component, the ``[couplings]`` (with their
+    unit factors), the ``[observe]`` outputs (converted to each output's canonical unit)
+    and the dose routes of the ``cmt`` tables (PK doses converted from the data's mg to
+    each drug's ``dose_unit``; doses into PD states, such as transfusions, are in the
+    state's own unit).
+    """
+    if card.schema == 2:
+        return _build_v2(card, steady_state)
+    return _build_dynamics(card, steady_state)
+
+
+def _build_v2(card: ModelCard, steady_state: bool) -> System:
+    from .. import units
+    from .registry import pd_component, pk_component
+
+    comps = [pk_component(spec, steady_state, spec.drug) for spec in card.pks]
+    try:
+        comps += [pd_component(spec.system, spec.options, spec.name) for spec in card.pds]
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{card.path}: invalid [[pd]] options: {err}") from None
+    links, link_scale = [], []
+    for key, c in card.couplings.items():
+        comp, inp = key.split(".")
+        src, sig = c.signal.split(".")
+        links.append((comp, inp, src, sig))
+        link_scale.append(c.scale)
+    drugs = {p.drug: p for p in card.pks}
+    outputs, output_scale = [], []
+    for name, o in card.observe.items():
+        src, sig = o.signal.split(".")
+        molar = drugs[src].molar_mass if src in drugs else None
+        outputs.append((name, src, sig))
+        output_scale.append(units.unit_factor("CONC" if name.startswith("CONC:") else name, o.unit, molar))
+    routes, route_scale = [], []
+    for spec in card.pks:
+        factor = units.amount_factor("mg", spec.dose_unit, spec.molar_mass)
+        for target, cmt in spec.cmt.items():
+            routes.append(Route(cmt, spec.drug, target))
+            route_scale.append(factor)
+    for spec in card.pds:
+        for target, cmt in spec.cmt.items():
+            routes.append(Route(cmt, spec.name, target))
+            route_scale.append(1.0)
+    return System(components=tuple(comps), links=tuple(links), link_scale=link_scale, outputs=tuple(outputs),
+                  output_scale=output_scale, routes=tuple(routes), route_scale=route_scale)
+
+
+def _build_dynamics(card: ModelCard, steady_state: bool = True) -> System:
+    pk = card.pk
+    dose_params = tuple(n for n in pk.parameters if _dose_quantity(n) is not None)
+    if pk.driver in ("closed_form", "covariates"):
+        driver = ClosedFormPK(pk.model, bool(pk.absorption), dose_params, steady_state)
+    elif pk.driver == "kpd":
+        driver = KPD(dose_params, steady_state)
+    elif pk.driver == "concentration":
+        driver = ConcentrationColumn(pk.column, pk.interpolation or "linear")
+    else:  # pragma: no cover - the card loader validates drivers
+        raise ModelError(f"{card.path}: unknown pk.driver {pk.driver!r}")
+    options = dict(card.pd.options)
+    pd_outputs = [o for o in card.outputs if o != "CONC"]
+    cls = _pd_class(card.pd.system)
+    if cls is Friberg and pd_outputs:
+        options["output"] = pd_outputs[0]
+    try:
+        system = cls(**options)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"{card.path}: invalid [pd] options for {card.pd.system!r}: {err}") from None
+    from ..units import unit_factor
+
+    unit = card.pk.concentration_unit
+    out_scale = unit_factor("CONC", unit, card.pk.molar_mass) if unit else 1.0
+    return pk_pd_system(driver, system, float(card.conc_scale), float(out_scale), _amount_scale(card))
+
+
+def _amount_scale(card: ModelCard) -> float:
+    """Factor from the data's dose amounts (canonical mg) to the card's ``pk.dose_unit``."""
+    unit = (card.pk.dose_unit or "mg").strip()
+    if unit.lower() == "umol":
+        if not card.pk.molar_mass:
+            raise ModelError(f"{card.path}: pk.dose_unit umol needs pk.molar_mass")
+        return 1000.0 / float(card.pk.molar_mass)
+    from ..units import dose_factor
+
+    return 1.0 / dose_factor(unit)
+
+
+def covariate_factors(card: ModelCard, covariates, xp=np) -> dict:
+    """Multiplicative covariate factor per parameter: ``{name: [S] array}``.
+
+    ``covariates`` maps covariate names to per-subject arrays. Effects (model card
+    ``[[covariates]]``): power ``(cov/ref)^effect``; linear ``1 + effect*(cov - ref)``
+    (``effect_above`` above ``ref``: hockey stick); categorical ``1 + levels[cov]``;
+    threshold ``1 + effect`` when ``cov >= threshold``. ``xp`` is numpy or jax.numpy.
+    """
+    out = {}
+    for eff in card.covariates:
+        if eff.covariate not in covariates:
+            raise ModelError(
+                f"model {card.name!r} needs covariate {eff.covariate!r} (effect on {eff.parameter}); "
+                "add it as a data column or pass it in `covariates`"
+            )
+        cov = xp.asarray(covariates[eff.covariate], dtype=float)
+        if eff.type == "power":
+            f = (cov / eff.reference) ** eff.effect
+        elif eff.type == "linear":
+            above = eff.effect if eff.effect_above is None else eff.effect_above
+            d = cov - eff.reference
+            f = 1.0 + xp.where(d > 0, above, eff.effect) * d
+        elif eff.type == "categorical":
+            f = xp.ones_like(cov)
+            for level, value in eff.levels.items():
+                f = xp.where(cov == float(level), 1.0 + value, f)
+        elif eff.type == "threshold":
+            f = xp.where(cov >= eff.threshold, 1.0 + eff.effect, 1.0)
+        else:  # pragma: no cover - validated by the card loader
+            raise ModelError(f"unknown covariate effect type {eff.type!r}")
+        out[eff.parameter] = out.get(eff.parameter, 1.0) * f
+    return out
+
+
+class Model:
+    """A model card made runnable.
+
+    Attributes
+    ----------
+    card : ModelCard
+    dynamics : pkpd.model.system.System
+        The coupled model (an equinox pytree used by compiled code).
+    name : str
+    outputs : tuple of str
+        Observable outputs (``CONC``, ``ANC``...).
+    """
+
+    def __init__(self, card: ModelCard):
+        self.card = card
+        self.name = card.name
+        self.dynamics = build_system(card)
+        self.outputs = tuple(card.outputs)
+        missing = [p for p in self.dynamics.parameter_names if p not in card.parameters]
+        if missing:
+            raise ModelError(f"{card.path}: parameters {missing} are required by the model structure")
+
+    def __repr__(self):
+        if self.card.schema == 2:
+            return f"Model({self.name!r}: components {list(self.dynamics.component_names)}, outputs {self.outputs})"
+        return f"Model({self.name!r}: {self.card.pd.system} PD, {self.card.pk.driver} PK, outputs {self.outputs})"
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return self.dynamics.parameter_names
+
+    def drug_inputs(self) -> dict:
+        """How each drug of the card enters the data: ``{drug: DrugInput}`` for
+        :meth:`pkpd.dosing.regimen.Regimen.to_records` (intravascular doses into the drug's
+        ``central`` route, extravascular ones into its ``depot`` route; amounts written in
+        mg, the data's canonical unit, which the model converts to its dose unit)."""
+        from ..dosing.regimen import DrugInput
+
+        out = {}
+        for spec in (self.card.pks if self.card.schema == 2 else ()):
+            cmt = spec.cmt
+            iv = cmt.get("central", next(iter(cmt.values()), None))
+            if iv is None:
+                continue
+            out[spec.drug] = DrugInput(cmt=iv, dose_unit="mg", molar_mass=spec.molar_mass, sc_cmt=cmt.get("depot"))
+        return out
+
+    def solver_options(self, options=None):
+        """``options`` (default :class:`pkpd.solve.solver.SolverOptions`) with the card's
+        recommended integrator (``solver = "kvaerno5"`` for stiff models) when it names one
+        and ``options`` uses the default adaptive integrator."""
+        import dataclasses
+
+        from ..solve.solver import SolverOptions
+
+        options = SolverOptions() if options is None else options
+        if self.card.solver and options.solver == "tsit5":
+            fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+            fields["solver"] = self.card.solver
+            return SolverOptions(**fields)
+        return options
+
+    @property
+    def parameters(self) -> dict:
+        """Parameter specifications of the card (``ParameterSpec`` by name)."""
+        return {n: self.card.parameters[n] for n in self.parameter_names}
+
+    def dynamics_for(self, df: pd.DataFrame) -> Dynamics:
+        """Dynamics specialised to a data set (skips steady-state formulas when no dose has SS)."""
+        doses = df["EVID"].isin([1, 4]).to_numpy()
+        has_ss = bool((df["SS"].to_numpy(int)[doses] > 0).any())
+        return self.dynamics if has_ss else build_system(self.card, steady_state=False)
+
+    @property
+    def amount_scale(self) -> float:
+        """Factor from the data's dose amounts (canonical mg) to the card's ``pk.dose_unit``."""
+        return _amount_scale(self.card)
+
+    def prepare(self, df: pd.DataFrame, ids=None, n_subjects=None, eval_times=None, eval_mask=None,
+                options=None) -> tuple:
+        """``(dynamics, data)`` for compiled code: :meth:`dynamics_for` and padded subject arrays
+        (with integration grids when ``options.solver == "rk4-grid"``)."""
+        from ..solve.solver import prepare_subjects
+
+        dynamics = self.dynamics_for(df)
+        data = prepare_subjects(dynamics, df, ids, n_subjects=n_subjects, eval_times=eval_times, eval_mask=eval_mask,
+                                options=options)
+        return dynamics, data
+
+    def subject_covariates(self, df: pd.DataFrame, ids) -> dict:
+        """Per-subject values (first record) of every column the model needs, ``{name: [S]}``."""
+        first = df.groupby("ID", sort=False).head(1).set_index("ID")
+        needed = {e.covariate for e in self.card.covariates}
+        needed |= {p.column for p in self.parameters.values() if p.column}
+        out = {}
+        for name in sorted(needed):
+            if name not in first.columns:
+                raise ModelError(f"model {self.name!r} needs column {name!r}, which the data set lacks")
+            values = pd.to_numeric(first.loc[list(ids), name], errors="coerce").to_numpy(float)
+            if not np.all(np.isfinite(values)):
+                bad = [i for i, v in zip(ids, values) if not math.isfinite(v)]
+                raise ModelError(f"column {name!r} is missing or non-numeric on the first record of ID(s) {bad[:5]}")
+            out[name] = values
+        return out
+
+    def individual_parameters(self, covariates: dict, eta: dict | None = None, typical: dict | None = None,
+                              n: int | None = None, xp=np) -> dict:
+        """Individual parameters ``{name: [S]}``.
+
+        ``theta_i = typical * covariate_factor_i * exp(eta_i)`` for parameters with a
+        value; column-valued parameters are read from ``covariates[column]``.
+        """
+        typical = dict(self.card.typical_values() if typical is None else typical)
+        eta = eta or {}
+        if n is None and covariates:
+            n = len(next(iter(covariates.values())))
+        factors = covariate_factors(self.card, covariates, xp)
+        out = {}
+        for name, spec in self.parameters.items():
+            if spec.column:
+                out[name] = xp.asarray(covariates[spec.column], dtype=float)
+                continue
+            value = typical[name] * factors.get(name, 1.0)
+            if name in eta:
+                value = value * xp.exp(eta[name])
+            out[name] = value if n is None else xp.broadcast_to(xp.asarray(value, dtype=float), (n,))
+        return out
+
+
+def load_model(name_or_card) -> Model:
+    """Load a model card by name (``pkpd models`` lists them) or path and build the :class:`Model`."""
+    card = name_or_card if isinstance(name_or_card, ModelCard) else load_card(name_or_card)
+    return Model(card)
+

@@ -1,0 +1,1 @@
+"""PD systems: one module per model family."""

@@ -1,0 +1,1 @@
+"""PK components: closed form, from data, or integrated ODE states."""

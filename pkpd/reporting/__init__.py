@@ -1,0 +1,1 @@
+"""Forecast JSON, tables and fan charts."""

@@ -1,0 +1,1 @@
+"""Solver options and the batched, segmented ODE solves."""

@@ -1,0 +1,1 @@
+"""The statistical model (population, residual errors) and simulation."""
