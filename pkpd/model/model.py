@@ -24,7 +24,7 @@ from .pk.drivers import KPD, ClosedFormPK, ConcentrationColumn
 from .registry import PD_SYSTEMS, pd_class
 from .system import Route, System, pk_pd_system
 
-__all__ = ["Model", "load_model", "PD_SYSTEMS", "covariate_factors", "build_system"]
+__all__ = ["Model", "load_model", "PD_SYSTEMS", "covariate_factors", "build_system", "individual_log_value"]
 
 
 def _pd_class(system: str):
@@ -68,6 +68,15 @@ def _build_v2(card: ModelCard, steady_state: bool) -> System:
         molar = drugs[src].molar_mass if src in drugs else None
         outputs.append((name, src, sig))
         output_scale.append(units.unit_factor("CONC" if name.startswith("CONC:") else name, o.unit, molar))
+    # Every drug's concentration is an output too (CONC:<drug>, and CONC with one drug), observed or
+    # not, so simulations report it (as schema-1 models always did).
+    with_conc = [spec for spec in card.pks if spec.driver != "kpd" and spec.concentration_unit]
+    for spec in with_conc:
+        names = [f"CONC:{spec.drug}"] + (["CONC"] if len(card.pks) == 1 else [])
+        for name in names:
+            if name not in card.observe:
+                outputs.append((name, spec.drug, "conc"))
+                output_scale.append(units.unit_factor("CONC", spec.concentration_unit, spec.molar_mass))
     routes, route_scale = [], []
     for spec in card.pks:
         factor = units.amount_factor("mg", spec.dose_unit, spec.molar_mass)
@@ -264,8 +273,9 @@ class Model:
                               n: int | None = None, xp=np) -> dict:
         """Individual parameters ``{name: [S]}``.
 
-        ``theta_i = typical * covariate_factor_i * exp(eta_i)`` for parameters with a
-        value; column-valued parameters are read from ``covariates[column]``.
+        ``theta_i = exp(log typical + log covariate_factor_i + eta_i)``
+        (:func:`individual_log_value`) for parameters with a value; column-valued
+        parameters are read from ``covariates[column]``.
         """
         typical = dict(self.card.typical_values() if typical is None else typical)
         eta = eta or {}
@@ -277,11 +287,22 @@ class Model:
             if spec.column:
                 out[name] = xp.asarray(covariates[spec.column], dtype=float)
                 continue
-            value = typical[name] * factors.get(name, 1.0)
-            if name in eta:
-                value = value * xp.exp(eta[name])
+            log_factor = xp.log(xp.asarray(factors[name], dtype=float)) if name in factors else 0.0
+            value = xp.exp(individual_log_value(xp.log(xp.asarray(typical[name], dtype=float)), log_factor,
+                                                eta.get(name, 0.0)))
             out[name] = value if n is None else xp.broadcast_to(xp.asarray(value, dtype=float), (n,))
         return out
+
+
+def individual_log_value(log_typical, log_factor=0.0, eta=0.0):
+    r"""The one formula for an individual parameter, on the log scale:
+    :math:`\log\theta_{ip} = \log TV_p + \log f_{ip}(\text{covariates}) + \eta_{ip}`.
+
+    Used by :meth:`Model.individual_parameters` (simulation) and by the population model
+    (:meth:`pkpd.stats.population.PopulationProblem.individual`), so fitting, forecasting
+    and simulation agree by construction.
+    """
+    return log_typical + log_factor + eta
 
 
 def load_model(name_or_card) -> Model:

@@ -62,7 +62,7 @@ import numpyro.distributions as dist
 import pandas as pd
 
 from ..errors import ModelError
-from ..model.model import Model, covariate_factors
+from ..model.model import Model, covariate_factors, individual_log_value
 from ..solve.solver import SolverOptions, predict_outputs
 from .residual import ERROR_MODELS, residual_distribution
 
@@ -304,16 +304,14 @@ class PopulationProblem:
                 theta[p] = self.column_values[p]
                 continue
             if p in log_tv:
-                log_value = jnp.broadcast_to(log_tv[p], (self.n_sub,))
+                log_typical = jnp.broadcast_to(log_tv[p], (self.n_sub,))
             else:
-                log_value = jnp.full((self.n_sub,), np.log(self.fixed[p]))
-            if p in self.log_factor:
-                log_value = log_value + self.log_factor[p]
+                log_typical = jnp.full((self.n_sub,), np.log(self.fixed[p]))
+            e = 0.0
             if eta is not None and p in self.iiv:
                 e = eta[:, self.iiv.index(p)]
                 e = jnp.concatenate([e, jnp.repeat(e[:1], self.n_sub - self.n_real)])
-                log_value = log_value + e
-            theta[p] = jnp.exp(log_value)
+            theta[p] = jnp.exp(individual_log_value(log_typical, self.log_factor.get(p, 0.0), e))
         return theta
 
     def mean_log_theta(self, log_tv: dict):
