@@ -234,3 +234,22 @@ def test_wheel_ships_the_cards_and_the_example_data(tmp_path):
     cards = {p.name for p in (root / "models").glob("*.toml")}
     assert cards and all(f"pkpd/_models/{c}" in names for c in cards), sorted(n for n in names if "_models" in n)
     assert "pkpd/_data/example.csv" in names
+
+
+def test_every_drug_concentration_is_an_output_even_when_not_observed():
+    """Simulations report concentrations as schema-1 models did (CONC, and CONC:<drug>)."""
+    model = load_model("kloft2006_docetaxel")
+    assert model.outputs == ("ANC",)  # what the card observes (and fits)
+    assert {"ANC", "CONC", "CONC:docetaxel"} <= set(model.dynamics.output_names)
+    import pkpd
+
+    import pandas as pd
+
+    cov = {"BSA": 1.8, "SEX": 1, "PERF": 0, "PC": 0, "AAG": 1.34}
+    rows = [dict(ID=1, TIME=0.0, DV=np.nan, AMT=180.0, RATE=180.0, CMT=1, EVID=1, MDV=1, DVID=0, **cov)]
+    rows += [dict(ID=1, TIME=t, DV=np.nan, AMT=0.0, RATE=0.0, CMT=0, EVID=0, MDV=0, DVID=d, **cov)
+             for t, d in ((0.5, 1), (2.0, 1), (48.0, 2))]
+    design = pd.DataFrame(rows).assign(II=0, ADDL=0, SS=0)
+    sim = pkpd.simulate(model, design, seed=1)
+    conc = sim[sim["DVID"] == 1]
+    assert len(conc) == 2 and np.all(np.isfinite(conc["IPRED"].to_numpy(float))) and conc["IPRED"].min() > 0.1
