@@ -27,10 +27,6 @@ from .system import Route, System, pk_pd_system
 __all__ = ["Model", "load_model", "PD_SYSTEMS", "covariate_factors", "build_system", "individual_log_value"]
 
 
-def _pd_class(system: str):
-    return pd_class(system)
-
-
 def build_system(card: ModelCard, steady_state: bool = True) -> System:
     """The coupled :class:`~pkpd.model.system.System` of a card (schema 1 or 2).
 
@@ -104,7 +100,7 @@ def _build_dynamics(card: ModelCard, steady_state: bool = True) -> System:
         raise ModelError(f"{card.path}: unknown pk.driver {pk.driver!r}")
     options = dict(card.pd.options)
     pd_outputs = [o for o in card.outputs if o != "CONC"]
-    cls = _pd_class(card.pd.system)
+    cls = pd_class(card.pd.system)
     if cls is Friberg and pd_outputs:
         options["output"] = pd_outputs[0]
     try:
@@ -231,8 +227,8 @@ class Model:
         """Parameter specifications of the card (``ParameterSpec`` by name)."""
         return {n: self.card.parameters[n] for n in self.parameter_names}
 
-    def dynamics_for(self, df: pd.DataFrame) -> Dynamics:
-        """Dynamics specialised to a data set (skips steady-state formulas when no dose has SS)."""
+    def dynamics_for(self, df: pd.DataFrame) -> System:
+        """The system specialised to a data set (skips steady-state formulas when no dose has SS)."""
         doses = df["EVID"].isin([1, 4]).to_numpy()
         has_ss = bool((df["SS"].to_numpy(int)[doses] > 0).any())
         return self.dynamics if has_ss else build_system(self.card, steady_state=False)

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .component import Component
-from .pk.closed_form import BOLUS, INFUSION, DoseInputs, _dose_quantity, resolve_doses
+from .pk.closed_form import BOLUS, INFUSION, _dose_quantity, resolve_doses
 
 __all__ = ["System", "Route"]
 
