@@ -27,9 +27,11 @@ _EXPORTS = {
     "Model": ".model.model", "load_model": ".model.model",
     "predict_pk": ".model.pk.predict",
     "recommend_dose": ".forecasting.recommend",
+    "Comparison": ".forecasting.compare", "compare_regimens": ".forecasting.compare",
     "Regimen": ".dosing.regimen", "parse_regimen": ".dosing.regimen", "DrugInput": ".dosing.regimen",
     "System": ".model.system", "Route": ".model.system",
     "simulate": ".stats.simulate",
+    "report": ".reporting.report",
     "SolverOptions": ".solve.solver",
     "FitSpec": ".stats.population",
     "canonical_unit": ".units", "convert_units": ".units",
@@ -67,6 +69,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .errors import DatasetError as DatasetError
     from .errors import ModelError as ModelError
     from .errors import PkpdError as PkpdError
+    from .forecasting.compare import Comparison as Comparison
+    from .forecasting.compare import compare_regimens as compare_regimens
     from .forecasting.forecast import Forecast as Forecast
     from .forecasting.forecast import forecast as forecast
     from .forecasting.recommend import recommend_dose as recommend_dose
@@ -83,6 +87,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .model.system import System as System
     from .solve.solver import SolverOptions as SolverOptions
     from .stats.population import FitSpec as FitSpec
+    from .reporting.report import report as report
     from .stats.simulate import simulate as simulate
     from .units import canonical_unit as canonical_unit
     from .units import convert_units as convert_units

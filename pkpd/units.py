@@ -100,7 +100,7 @@ from .errors import DatasetError, ModelError
 __all__ = [
     "UnitError", "amount_factor", "concentration_factor", "parse_dose_unit", "parse_quantity", "time_factor",
     "hours_per",
-    "dose_factor", "unit_factor", "convert_units", "canonical_unit", "accepted_units", "normalise_unit",
+    "dose_factor", "data_dose_units", "stored_amount_unit", "unit_factor", "convert_units", "canonical_unit", "accepted_units", "normalise_unit",
     "normalise_amount_unit", "normalise_concentration_unit", "normalise_time_unit", "amount_dimension",
     "concentration_dimension", "observation_units", "observation_kind", "conc_drug", "is_drug_name",
     "OBSERVATION_UNITS", "DEFAULT_OBSERVATION_TYPES", "COUNT_TYPES", "CONCENTRATION_TYPES", "TIME_UNITS",
@@ -219,9 +219,10 @@ OBSERVATION_UNITS: dict[str, dict[str, float | None]] = {
     "EPO": _observation_concentrations("IU/L", ("activity",), ("mIU/mL",)),
 }
 
-#: Default DVID -> observation type name (GCSF, EPO and CONC:<drug> have no default
-#: DVID: map them with ``observation_types``, e.g. ``{6: "GCSF"}``).
-DEFAULT_OBSERVATION_TYPES: dict[int, str] = {1: "CONC", 2: "ANC", 3: "PLT", 4: "HGB", 5: "WBC"}
+#: Default DVID -> observation type name, the one table of data and model cards
+#: (CONC:<drug> has no default DVID: map it with ``observation_types``, e.g. ``{8: "CONC:filgrastim"}``,
+#: and give the card's ``[observe]`` the same ``dvid``).
+DEFAULT_OBSERVATION_TYPES: dict[int, str] = {1: "CONC", 2: "ANC", 3: "PLT", 4: "HGB", 5: "WBC", 6: "GCSF", 7: "EPO"}
 
 #: Count-like types (negative values are impossible).
 COUNT_TYPES = ("ANC", "PLT", "WBC", "HGB")
@@ -387,6 +388,65 @@ def dose_factor(dose_unit: str) -> float:
     Other amount units (molar, IU, ng, ...) go through :func:`amount_factor`.
     """
     return float(_lookup(DOSE_UNITS, dose_unit, "dose_unit")[1])
+
+
+def stored_amount_unit(unit: str) -> tuple[str, float]:
+    """How a dataset stores AMT declared in ``unit``: ``(stored unit, factor to it)``.
+
+    Mass amounts are stored in mg (the data's canonical dose unit); molar, activity,
+    product and cell amounts in their dimension's base unit (umol, IU, unit, cells),
+    since converting them to mg needs what only the model knows (a molar mass; an IU
+    has no mass at all).
+
+    Examples
+    --------
+    >>> stored_amount_unit("ug"), stored_amount_unit("pmol"), stored_amount_unit("kIU")
+    (('mg', 0.001), ('umol', 1e-06), ('IU', 1000.0))
+    """
+    name = normalise_amount_unit(unit)
+    dim, factor = AMOUNT_UNITS[name]
+    return _AMOUNT_BASE[dim], float(factor)
+
+
+def data_dose_units(dose_unit, what: str = "dose_unit") -> tuple[str, dict]:
+    """Normalise a dataset's dose-unit declaration: ``(default unit, {CMT: unit})``.
+
+    ``dose_unit`` is one amount unit for every dose record (``"mg"``, ``"ug"``,
+    ``"IU"``, ``"pmol"``...), or a mapping from compartment to unit
+    (``{1: "mg", 3: "ug", 5: "IU"}``; compartments not listed take mg), or the same
+    mapping written as text (``"1=mg,3=ug,5=IU"``, as the CLI's ``--dose-unit``
+    takes it).
+
+    Raises
+    ------
+    UnitError
+        Unknown unit, or a compartment that is not a positive integer.
+
+    Examples
+    --------
+    >>> data_dose_units("mcg"), data_dose_units("1=mg, 3=IU")
+    (('ug', {}), ('mg', {1: 'mg', 3: 'IU'}))
+    """
+    if isinstance(dose_unit, str) and "=" in dose_unit:
+        pairs = {}
+        for part in dose_unit.split(","):
+            cmt, sep, unit = part.partition("=")
+            if not sep or not unit.strip():
+                raise UnitError(f"{what}: {part.strip()!r} is not CMT=UNIT (expected e.g. '1=mg,3=IU')")
+            pairs[cmt.strip()] = unit.strip()
+        dose_unit = pairs
+    if isinstance(dose_unit, Mapping):
+        out = {}
+        for cmt, unit in dose_unit.items():
+            try:
+                c = int(str(cmt).strip())
+            except ValueError:
+                c = 0
+            if isinstance(cmt, bool) or c < 1 or str(c) != str(cmt).strip():
+                raise UnitError(f"{what}: compartment {cmt!r} is not a positive integer CMT")
+            out[c] = normalise_amount_unit(unit, f"{what} of CMT {c}")
+        return "mg", dict(sorted(out.items()))
+    return normalise_amount_unit(dose_unit, what), {}
 
 
 def parse_quantity(text, what: str = "quantity") -> tuple[float, str]:

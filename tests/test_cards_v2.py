@@ -253,3 +253,45 @@ def test_every_drug_concentration_is_an_output_even_when_not_observed():
     sim = pkpd.simulate(model, design, seed=1)
     conc = sim[sim["DVID"] == 1]
     assert len(conc) == 2 and np.all(np.isfinite(conc["IPRED"].to_numpy(float))) and conc["IPRED"].min() > 0.1
+
+
+# --------------------------------------------------------------------------- IIV correlations in cards
+CORR_CARD = Path(__file__).resolve().parents[1] / "models" / "quartino2014_docetaxel_gcsf.toml"
+
+
+def _card_with(tmp_path, table: str, name="corr_test"):
+    text = CORR_CARD.read_text().replace('name = "quartino2014_docetaxel_gcsf"', f'name = "{name}"') + table
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_card_iiv_correlations_drive_simulated_etas(tmp_path):
+    model = load_model(_card_with(tmp_path, '\n[iiv_correlations]\n"Circ0,G0" = -0.6\n"MTT,slope" = 0.3\n'))
+    names = ["Circ0", "MTT", "slope", "G0"]
+    corr = model.iiv_correlation(names)
+    assert corr[0, 3] == corr[3, 0] == -0.6 and corr[1, 2] == 0.3 and corr[0, 1] == 0.0
+    eta = model.draw_etas(np.random.default_rng(7), 20_000)
+    emp = np.corrcoef(np.stack([eta[n] for n in names]))
+    # 20,000 draws: the SE of a sample correlation is below 0.0075, so 0.03 is 4 SE
+    np.testing.assert_allclose(emp, corr, atol=0.03)
+    np.testing.assert_allclose(np.std(eta["Circ0"]), model.parameters["Circ0"].omega, rtol=0.03)
+    # a card without correlations draws exactly as before (independent, in parameter order)
+    plain = load_model("quartino2014_docetaxel_gcsf")
+    a = plain.draw_etas(np.random.default_rng(3), 5)
+    rng = np.random.default_rng(3)
+    for n in [p for p, spec in plain.parameters.items() if spec.omega > 0]:
+        np.testing.assert_array_equal(a[n], rng.normal(0.0, plain.parameters[n].omega, size=5))
+
+
+@pytest.mark.parametrize("table, words", [
+    ('"Circ0,gamma" = 0.2', ["iiv_correlations.Circ0,gamma", "IIV", "gamma"]),
+    ('"Circ0,G0" = 1.0', ["strictly between -1 and 1"]),
+    ('"Circ0" = 0.2', ["two different parameter names"]),
+    ('"Circ0,G0" = 0.9\n"Circ0,MTT" = 0.9\n"MTT,G0" = -0.9', ["positive-definite"]),
+])
+def test_bad_iiv_correlations_name_the_field(tmp_path, table, words):
+    with pytest.raises(ModelError) as err:
+        load_model(_card_with(tmp_path, "\n[iiv_correlations]\n" + table + "\n"))
+    for w in words:
+        assert w in str(err.value)

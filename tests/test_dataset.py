@@ -223,7 +223,7 @@ def test_observation_arrays_values(basic):
     assert arr.time.shape == (2, 2)
     np.testing.assert_array_equal(arr.time, [[1.0, 24.0], [2.0, 48.0]])
     np.testing.assert_array_equal(arr.value, [[2.5, 3.1], [1.5, 2.2]])
-    assert basic.observation_type_names == ("CONC", "ANC", "PLT", "HGB", "WBC")
+    assert basic.observation_type_names == ("CONC", "ANC", "PLT", "HGB", "WBC", "GCSF", "EPO")
     np.testing.assert_array_equal(arr.dvid, [[0, 1], [0, 1]])
     np.testing.assert_array_equal(arr.row, [[1, 2], [4, 5]])
     assert arr.mask.all() and not arr.cens.any() and (arr.lloq == 0).all()

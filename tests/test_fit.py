@@ -168,8 +168,9 @@ def _card_data(card):
 
     model = pkpd.load_model(card.name)
     cov = dict(SEX=1, PERF=0, PC=0, AAG=1.34, BSA=1.8, AGE=50, ALB=4.0, BASE=5.0, CL=38.0, V1=7.4, Q2=7.8,
-               V2=5.2, Q3=9.3, V3=111.0, CLI=471.0, V1I=545.0, V2I=909.0, CP=0.0)
-    values = {"CONC": 0.05, "ANC": 3.0, "WBC": 5.0, "GCSF": 0.03}
+               V2=5.2, Q3=9.3, V3=111.0, CLI=471.0, V1I=545.0, V2I=909.0, CP=0.0, WT=70.0, CONMED_PLATIN=0,
+               CONMED_PLATIN_GT2=0, EASTASIAN=0, SPLEN=0)
+    values = {"CONC": 0.05, "ANC": 3.0, "WBC": 5.0, "GCSF": 0.03, "PLT": 150.0, "HGB": 10.0, "EPO": 12.0}
     # Outputs without a default DVID (GCSF, EPO...) get their own, declared to read_dataset.
     dvid = dict(OUTPUT_DVID)
     extra = {10 + i: out for i, out in enumerate(o for o in model.outputs if o not in dvid)}
@@ -178,7 +179,8 @@ def _card_data(card):
     for sid in (1, 2, 3):
         rows.append(dict(ID=sid, TIME=0.0, DV=np.nan, AMT=100.0, EVID=1, MDV=1, CMT=1, RATE=100.0, DVID=0))
         for out in model.outputs:
-            rows += [dict(ID=sid, TIME=t, DV=values[out] * (1 + 0.1 * sid), AMT=0.0, EVID=0, MDV=0, CMT=0,
+            value = values["CONC" if out.startswith("CONC") else out]
+            rows += [dict(ID=sid, TIME=t, DV=value * (1 + 0.1 * sid), AMT=0.0, EVID=0, MDV=0, CMT=0,
                           RATE=0.0, DVID=dvid[out]) for t in (2.0, 72.0, 168.0, 240.0, 336.0)]
     df = pd.DataFrame(rows).sort_values(["ID", "TIME", "DVID"], kind="stable")
     for c in ("II", "ADDL", "SS"):
@@ -186,7 +188,11 @@ def _card_data(card):
     for k, v in cov.items():
         df[k] = v
     types = {d: name for name, d in OUTPUT_DVID.items()} | extra
-    return model, pkpd.read_dataset(df, observation_types=types if extra else None)
+    # 100 of the drug dosed into CMT 1 in that drug's own unit (mg, ug, IU)
+    units = {s.dose_unit for s in model.card.pks if 1 in s.cmt.values()}
+    units |= {s.product_dose_unit for s in model.card.pds if 1 in s.cmt.values() and s.product_dose_unit}
+    return model, pkpd.read_dataset(df, observation_types=types if extra else None,
+                                    dose_unit={1: units.pop() if units else "mg"})
 
 
 def _log_density(problem):

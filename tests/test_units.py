@@ -75,7 +75,7 @@ def test_old_observation_factors_unchanged(type_name):
 
 
 def test_old_constants_unchanged():
-    assert DEFAULT_OBSERVATION_TYPES == {1: "CONC", 2: "ANC", 3: "PLT", 4: "HGB", 5: "WBC"}
+    assert DEFAULT_OBSERVATION_TYPES == {1: "CONC", 2: "ANC", 3: "PLT", 4: "HGB", 5: "WBC", 6: "GCSF", 7: "EPO"}
     assert COUNT_TYPES == ("ANC", "PLT", "WBC", "HGB")
     assert DOSE_UNITS == {"mg": 1.0, "ug": 1e-3, "mcg": 1e-3, "g": 1e3}
     for unit, hours in {"h": 1.0, "hour": 1.0, "hours": 1.0, "hr": 1.0, "d": 24.0, "day": 24.0, "days": 24.0}.items():

@@ -13,7 +13,8 @@ def add_data_options(p) -> None:
     p.add_argument("--time-unit", default="h", help="unit of TIME and II: h or d (default h)")
     p.add_argument("--units", help="observation units, e.g. ANC=cells/uL,CONC=ug/L")
     p.add_argument("--dvid", help="DVID to observation type, e.g. 1=CONC,2=ANC")
-    p.add_argument("--dose-unit", default="mg", help="unit of AMT: mg, ug or g (default mg)")
+    p.add_argument("--dose-unit", default="mg", help="unit of AMT: one amount unit (mg, ug, g, umol, pmol, IU, kIU, unit...; "
+                   "default mg) or CMT=UNIT pairs, e.g. '1=mg,3=IU'")
     p.add_argument("--molar-mass", type=float, help="molar mass in g/mol (for umol/L)")
 
 

@@ -63,7 +63,7 @@ def _one_pk(pk) -> str:
 
 
 def _pk_summary(card: ModelCard) -> str:
-    return " + ".join(_one_pk(pk) for pk in (card.pks or (card.pk,)))
+    return " + ".join(_one_pk(pk) for pk in (card.pks if card.schema == 2 else (card.pk,)))
 
 
 def table(cards: list[ModelCard]) -> str:
@@ -77,7 +77,7 @@ def table(cards: list[ModelCard]) -> str:
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + f"\n\n{len(rows)} cards in {models_dir()}; reliability tags: P primary paper, " \
-        "S curated encoding, T third-party code, D derived, U unverified (MODELS.md section 0)"
+        "S curated encoding, T third-party code, D derived, U unverified (MODELS.md section 0), A assumed by the card"
 
 
 def _param_line(p: ParameterSpec) -> str:
@@ -114,7 +114,7 @@ def describe(card: ModelCard) -> str:
         out.append(f"  {ref.url}")
     out.append(f"  reliability: {ref.reliability}" + (f"; values from {ref.values_from}" if ref.values_from else ""))
     out += _block(ref.notes)
-    for pk in card.pks or (card.pk,):
+    for pk in (card.pks if card.schema == 2 else (card.pk,)):
         out += ["", f"PK{' of ' + pk.drug if pk.drug else ''}: driver {pk.driver}" + (f", {pk.model}" if pk.model else "")
                 + (f", {pk.compartments} compartment(s)" if pk.compartments else "")
                 + (", first-order absorption" if pk.absorption else "")

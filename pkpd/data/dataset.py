@@ -25,6 +25,7 @@ from .validation import (
     canonical_ids,
     check_dataset,
     derive_defaults,
+    dose_row_factors,
     parse_numeric,
     read_raw_table,
     resolve_units,
@@ -99,17 +100,18 @@ class Dataset:
 
     __slots__ = (
         "_df", "_time_unit", "_units", "_observation_types", "_dose_unit", "_molar_mass",
-        "_source", "_hash",
+        "_source", "_hash", "_dose_units",
     )  # fmt: skip
 
-    def __init__(self, df, *, time_unit, units, observation_types, dose_unit, molar_mass, source):
+    def __init__(self, df, *, time_unit, units, observation_types, dose_unit, molar_mass, source, dose_units=None):
         df = df.reset_index(drop=True).copy()
         set_ = object.__setattr__
         set_(self, "_df", df)
         set_(self, "_time_unit", str(time_unit))
         set_(self, "_units", dict(units))
         set_(self, "_observation_types", dict(sorted(observation_types.items())))
-        set_(self, "_dose_unit", str(dose_unit))
+        set_(self, "_dose_unit", dict(dose_unit) if isinstance(dose_unit, dict) else str(dose_unit))
+        set_(self, "_dose_units", {int(c): str(u) for c, u in sorted((dose_units or {}).items())})
         set_(self, "_molar_mass", None if molar_mass is None else float(molar_mass))
         set_(self, "_source", str(source))
         set_(self, "_hash", None)
@@ -150,9 +152,25 @@ class Dataset:
         return tuple(self._observation_types.values())
 
     @property
-    def dose_unit(self) -> str:
-        """Declared dose unit of the source (the frame is in mg)."""
-        return self._dose_unit
+    def dose_unit(self) -> str | dict:
+        """Declared dose unit of the source: one unit, or ``{CMT: unit}``."""
+        return dict(self._dose_unit) if isinstance(self._dose_unit, dict) else self._dose_unit
+
+    @property
+    def dose_units(self) -> dict:
+        """Declared amount unit of each dosed compartment, ``{CMT: unit}``.
+
+        The frame stores each compartment's AMT and RATE in the base unit of that
+        unit's dimension (:func:`pkpd.units.stored_amount_unit`: mg for mass units,
+        umol, IU, unit or cells otherwise); :meth:`pkpd.model.model.Model.prepare`
+        converts them to each drug's dose unit.
+        """
+        return dict(self._dose_units)
+
+    @property
+    def stored_dose_units(self) -> dict:
+        """Unit of the frame's AMT per dosed compartment, ``{CMT: "mg" | "umol" | "IU" | ...}``."""
+        return {c: _units.stored_amount_unit(u)[0] for c, u in self._dose_units.items()}
 
     @property
     def molar_mass(self) -> float | None:
@@ -185,7 +203,9 @@ class Dataset:
         if self._hash is None:
             payload = self._df.drop(columns="LINE").to_csv(index=False, na_rep=".").encode()
             meta = json.dumps(
-                {"time_unit": self._time_unit, "units": self._units, "dose_unit": self._dose_unit,
+                {"time_unit": self._time_unit, "units": self._units,
+                 "dose_unit": ({str(c): u for c, u in self._dose_unit.items()}
+                               if isinstance(self._dose_unit, dict) else self._dose_unit),
                  "observation_types": {str(k): v for k, v in self._observation_types.items()},
                  "molar_mass": self._molar_mass},
                 sort_keys=True,
@@ -196,7 +216,17 @@ class Dataset:
     def _replace(self, df) -> Dataset:
         return Dataset(df, time_unit=self._time_unit, units=self._units,
                        observation_types=self._observation_types, dose_unit=self._dose_unit,
-                       molar_mass=self._molar_mass, source=self._source)
+                       molar_mass=self._molar_mass, source=self._source, dose_units=self._dose_units)
+
+    def until(self, time_h: float) -> Dataset:
+        """New dataset with the records at ``TIME <= time_h`` (hours): the data so far."""
+        t = float(time_h)
+        if not np.isfinite(t):
+            raise DatasetError(f"until: expected a finite time in hours, got {time_h!r}")
+        kept = self._df[self._df["TIME"] <= t + 1e-9]
+        if kept.empty:
+            raise DatasetError(f"until: no record at or before {t:g} h")
+        return self._replace(kept)
 
     def subset(self, ids) -> Dataset:
         """New dataset with the rows of the subjects ``ids`` (file order kept).
@@ -288,10 +318,11 @@ class Dataset:
         return table.reindex(pd.Index(self.ids, name="ID"))
 
 
-def _canonical_frame(raw: RawTable, types, factors, t_factor, d_factor) -> pd.DataFrame:
+def _canonical_frame(raw: RawTable, types, factors, t_factor, dose_unit) -> tuple[pd.DataFrame, dict]:
     n = len(raw.frame)
     values, _, _ = parse_numeric(raw)
     v = derive_defaults(values, n)
+    d_factor, _, dose_units = dose_row_factors(v["CMT"], dose_unit)
     is_obs = (v["EVID"] == 0) & (v["MDV"] == 0)
     out = {"ID": _ids(raw.frame["ID"].astype(str).tolist())}
     out["TIME"] = v["TIME"] if "TIME" in v else np.full(n, np.nan)
@@ -324,7 +355,9 @@ def _canonical_frame(raw: RawTable, types, factors, t_factor, d_factor) -> pd.Da
         if col not in STANDARD_COLUMNS:
             frame[col] = _covariate(raw.frame[col]).to_numpy()
     frame["LINE"] = raw.lines.astype(np.int64)
-    return frame
+    is_dose = np.isin(out["EVID"], (1, 4))
+    dosed = {int(c) for c in np.unique(out["CMT"][is_dose])}
+    return frame, {c: u for c, u in dose_units.items() if c in dosed}
 
 
 def _time_name(time_unit) -> str:
@@ -352,8 +385,13 @@ def read_dataset(source, *, time_unit="h", units=None, observation_types=None, d
         canonical units by default.
     observation_types : dict, optional
         DVID -> type name; default ``{1: "CONC", 2: "ANC", 3: "PLT", 4: "HGB", 5: "WBC"}``.
-    dose_unit : {"mg", "ug", "g"}
-        Unit of AMT (and of RATE's amount).
+    dose_unit : str or dict
+        Unit of AMT (and of RATE's amount): one amount unit of :mod:`pkpd.units` for
+        every dose (``"mg"``, ``"ug"``, ``"IU"``, ``"pmol"``, ``"unit"``...), or a
+        mapping ``{CMT: unit}`` (unlisted compartments take mg), or that mapping as text
+        (``"1=mg,3=IU"``). Mass amounts are stored in mg; molar, IU, product and cell
+        amounts in umol, IU, unit or cells, and the model converts each compartment's
+        amounts to its drug's dose unit (:attr:`Dataset.dose_units`).
     molar_mass : float, optional
         g/mol, required when a concentration unit is umol/L.
     validate : bool
@@ -406,10 +444,9 @@ def read_dataset(source, *, time_unit="h", units=None, observation_types=None, d
     missing = [c for c in ("ID", "TIME", "DV") if c not in raw.frame.columns]
     if missing:
         raise DatasetError(f"{raw.source}: required columns missing: {', '.join(missing)}")
-    frame = _canonical_frame(raw, types, factors, _units.time_factor(time_unit),
-                             _units.dose_factor(dose_unit))
+    frame, dose_units = _canonical_frame(raw, types, factors, _units.time_factor(time_unit), dose_unit)
     t_name = _time_name(time_unit)
-    d_name = next((k for k in ("mg", "ug", "g") if _units.dose_factor(k) == _units.dose_factor(dose_unit)),
-                  str(dose_unit).strip())
+    default, per_cmt = _units.data_dose_units(dose_unit)
     return Dataset(frame, time_unit=t_name, units=declared, observation_types=types,
-                   dose_unit=d_name, molar_mass=molar_mass, source=raw.source)
+                   dose_unit=per_cmt or default, molar_mass=molar_mass, source=raw.source,
+                   dose_units=dose_units)

@@ -484,12 +484,39 @@ def resolve_units(observation_types, units, molar_mass, time_unit, dose_unit):
             found.append(Violation(None, None, "warning", "unused-unit",
                                    f"a unit is given for {name}, which is not an observation "
                                    f"type of this dataset ({', '.join(declared) or 'none'})"))
-    for what, fn, col in (("time", _units.time_factor, "TIME"), ("dose", _units.dose_factor, "AMT")):
-        try:
-            fn(time_unit if what == "time" else dose_unit)
-        except DatasetError as err:
-            found.append(Violation(None, col, "error", "unknown-unit", str(err)))
+    try:
+        _units.time_factor(time_unit)
+    except DatasetError as err:
+        found.append(Violation(None, "TIME", "error", "unknown-unit", str(err)))
+    try:
+        _units.data_dose_units(dose_unit)
+    except DatasetError as err:
+        found.append(Violation(None, "AMT", "error", "unknown-unit", str(err)))
     return types, declared, factors, found
+
+
+def dose_row_factors(cmt, dose_unit) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per-row amount factors of a dose-unit declaration (:func:`pkpd.units.data_dose_units`).
+
+    Returns ``(stored, to_mg, units)``: the factor taking each row's AMT to the unit the
+    dataset stores it in (mg for mass units; umol, IU, unit or cells otherwise: see
+    :func:`pkpd.units.stored_amount_unit`), the factor to mg (NaN where the unit is not
+    a mass), and the declared unit of every compartment in ``cmt`` (``{CMT: unit}``).
+    """
+    default, per_cmt = _units.data_dose_units(dose_unit)
+    cmt = np.nan_to_num(np.asarray(cmt, dtype=float), nan=0.0).astype(np.int64)
+    stored = np.ones(cmt.shape)
+    to_mg = np.full(cmt.shape, np.nan)
+    declared = {}
+    for c in np.unique(cmt):
+        unit = per_cmt.get(int(c), default)
+        base, factor = _units.stored_amount_unit(unit)
+        rows = cmt == c
+        stored[rows] = factor
+        if base == "mg":
+            to_mg[rows] = factor
+        declared[int(c)] = unit
+    return stored, to_mg, declared
 
 
 def canonical_ids(raw_ids) -> list:
@@ -1001,7 +1028,10 @@ def check_dataset(source, *, time_unit="h", units=None, observation_types=None, 
     # obs-without-dv only for empty DV cells (bad cells are reported as non-numeric)
     dv_missing = missing.get("DV", np.zeros(n, bool))
     t_factor = _safe_factor(_units.time_factor, time_unit)
-    d_factor = _safe_factor(_units.dose_factor, dose_unit)
+    try:
+        d_factor = dose_row_factors(v["CMT"], dose_unit)[1]
+    except DatasetError:
+        d_factor = None
     range_problems = list(_range_checks(raw, values, v, types, factors, t_factor, d_factor))
     absurd = np.isin(raw.lines, [p.line for p in range_problems if p.column == "DV"])
     censoring_problems, censored = _censoring_checks(raw, values, missing, v)

@@ -86,6 +86,7 @@ import pandas as pd
 
 from . import endpoints as ep
 from .lineage import baseline_parameter, get_lineage, model_lineages
+from .lineage_endpoints import lineage_endpoints
 from ..buckets import bucket_size
 from ..errors import PkpdError
 from ..model.model import Model, load_model
@@ -263,7 +264,8 @@ def _population(prior: _Prior, problem: PopulationProblem):
             if not val or val <= 0:
                 raise PkpdError(f"model card {card.name!r}: residual SD of {s} must be > 0 for forecasting")
             mean.append(math.log(val))
-        return np.asarray(mean), np.zeros((len(names), len(names))), np.eye(k), False
+        corr_chol = np.linalg.cholesky(prior.model.iiv_correlation(problem.iiv))
+        return np.asarray(mean), np.zeros((len(names), len(names))), corr_chol, False
     post = prior.fit.idata.posterior
     cols = []
     for n in names:
@@ -860,6 +862,13 @@ class Forecast:
             return f * (1 + s * eps)
         return f + s * eps
 
+    def transfusion_policy(self, lineage, threshold, units=1.0, **options):
+        """Transfusions under the rule "give ``units`` of the product when ``lineage`` <
+        ``threshold``" on the same posterior draws (:func:`pkpd.forecasting.policy.transfusion_policy`)."""
+        from .policy import transfusion_policy
+
+        return transfusion_policy(self, lineage, threshold, units, **options)
+
     def project(self, regimen, regimen_names=None) -> Forecast:
         """The same posterior draws projected under other regimens (no new inference)."""
         ctx = self._context
@@ -1019,9 +1028,17 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     return _project(context, names, diagnostics)
 
 
+def _transfusion_cmts(system, lineage) -> list[int]:
+    """Data compartments whose doses go into the states of the component that outputs
+    ``lineage`` (its transfusions)."""
+    sources = {src for name, src, _ in system.outputs if name == lineage}
+    return [int(r.cmt) for r in system.routes if r.component in sources]
+
+
 def _design(model: Model, ds, names):
     """Per (regimen, patient) frames with the planned doses added (IDs ``"<id>\\x1f<r>"``), the patient
-    index of each, the cycle start ``after [patients, regimens]`` and the last record/dose time.
+    index of each, the cycle start ``after [patients, regimens]``, the last record/dose time and the
+    frames' dose units per compartment (:meth:`pkpd.Model.regimen_records`).
 
     Raises PkpdError for a planned dose before the patient's last record ("regimen in the past").
     """
@@ -1032,7 +1049,7 @@ def _design(model: Model, ds, names):
     last_record = df.groupby("ID", sort=False)["TIME"].max()
     doses = df[df["EVID"].isin([1, 4])]
     last_dose = doses.groupby("ID", sort=False)["TIME"].max()
-    molar_mass = model.card.pk.molar_mass
+    dose_units = dict(getattr(ds, "dose_units", {}))
     frames, subject_of, after = [], [], np.zeros((n_real, len(names)))
     end = 0.0
     columns = list(df.columns)
@@ -1046,7 +1063,8 @@ def _design(model: Model, ds, names):
             if reg is not None:
                 cov = {k: first.loc[pid, k] for k in first.columns if k not in ("TIME", "DV")}
                 try:
-                    rec = reg.to_records(cov, dose_unit="mg", molar_mass=molar_mass, id=pid)
+                    rec, used = model.regimen_records(reg, cov, id=pid, dose_units=getattr(ds, "dose_units", {}))
+                    dose_units.update(used)
                 except PkpdError as err:
                     raise PkpdError(f"regimen {name!r} for patient {pid}: {err}") from None
                 for _, d in rec.iterrows():
@@ -1066,7 +1084,7 @@ def _design(model: Model, ds, names):
             elif pid in last_dose.index:
                 after[i, r] = float(last_dose[pid])
             end = max(end, t_last, max(planned, default=0.0))
-    return frames, subject_of, after, end
+    return frames, subject_of, after, end, dose_units
 
 def _project(context: dict, names, diagnostics) -> Forecast:
     """Trajectories and endpoint summaries of the posterior draws under each regimen, per lineage."""
@@ -1077,7 +1095,7 @@ def _project(context: dict, names, diagnostics) -> Forecast:
     n_real = len(ids)
     theta = context["theta"]
     n_draws = next(iter(theta.values())).shape[1]
-    frames, subject_of, after, end = _design(model, ds, names)
+    frames, subject_of, after, end, dose_units = _design(model, ds, names)
     end += context["horizon_h"]
     grid = np.arange(0.0, end + 1e-9, 1.0)
     if grid[-1] < end - 1e-9:
@@ -1092,7 +1110,7 @@ def _project(context: dict, names, diagnostics) -> Forecast:
     solver = context["solver"]
     t_eval = np.tile(tgrid, (s_traj, 1))
     dynamics, tdata = model.prepare(design, tids, n_subjects=s_traj, eval_times=t_eval,
-                                    eval_mask=np.ones_like(t_eval, dtype=bool), options=solver)
+                                    eval_mask=np.ones_like(t_eval, dtype=bool), options=solver, dose_units=dose_units)
     tdata = _pad_subjects(tdata, n_traj)
     index = np.array(subject_of + [subject_of[0]] * (s_traj - n_traj))
     th = {k: jnp.asarray(np.ascontiguousarray(v[index].T)) for k, v in theta.items()}  # [draws, S]
@@ -1110,6 +1128,7 @@ def _project(context: dict, names, diagnostics) -> Forecast:
             traj[:, i, r, :] = y[:, s, :]
         trajectories[lin] = traj
     entries = {lin: [] for lin in lineages}
+    transfusion_cmts = {lin: _transfusion_cmts(dynamics, lin) for lin in lineages}
     failed = {}
     for i, pid in enumerate(ids):
         for r, (name, _) in enumerate(names):
@@ -1124,9 +1143,15 @@ def _project(context: dict, names, diagnostics) -> Forecast:
                 ready = [(a + float(h), float(thr)) for h, thr in context["ready"][lin] if a + float(h) <= grid[-1]]
                 base_name = context["baselines"][lin]
                 base = theta[base_name][i][good_lin] if base_name is not None else None
-                entries[lin].append(ep.patient_summary(grid, y[good_lin], patient_id=pid, regimen=name, lineage=lin,
-                                                       baseline=base, interval=context["interval"], ready=ready,
-                                                       after=a))
+                entry = ep.patient_summary(grid, y[good_lin], patient_id=pid, regimen=name, lineage=lin,
+                                           baseline=base, interval=context["interval"], ready=ready, after=a)
+                given = frames[r * n_real + i]
+                given = given[given["EVID"].isin([1, 4]) & given["CMT"].isin(transfusion_cmts[lin])]
+                tau = [float(d["TIME"]) + j * float(d["II"]) for _, d in given.iterrows()
+                       for j in range(int(d["ADDL"]) + 1)]
+                entry.update(lineage_endpoints(grid, y[good_lin], lin, after=a, interval=context["interval"],
+                                               transfusions=tau))
+                entries[lin].append(entry)
     legacy = [{k: v for k, v in e.items() if k in ep.PATIENT_SUMMARY_KEYS} for e in entries[primary]]
     diagnostics = dict(diagnostics)
     diagnostics["trajectory_s"] = traj_s
@@ -1137,6 +1162,7 @@ def _project(context: dict, names, diagnostics) -> Forecast:
               f"total {diagnostics['total_s']:.2f} s")
     ctx = dict(context)
     ctx["start_time"] = None
+    ctx["regimen_items"] = list(names)  # (name, regimen) pairs, for policies on the same draws
     return Forecast(entries=legacy, trajectories=trajectories[primary], time_h=grid, draws=context["draws_df"], ids=ids,
                     regimens=[n for n, _ in names], after=after, diagnostics=diagnostics,
                     model_name=model.name, prior_name=context["prior_name"], interval=context["interval"],

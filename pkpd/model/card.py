@@ -30,7 +30,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ModelError
+from ..units import DEFAULT_OBSERVATION_TYPES
 
 __all__ = [
     "Reference",
@@ -54,15 +57,16 @@ __all__ = [
 ]
 
 #: Reliability tags of MODELS.md section 0.
-RELIABILITY_TAGS = ("P", "S", "T", "D", "U")
+#: Source tags (MODELS.md section 0), plus "A": a value assumed by the card's author.
+RELIABILITY_TAGS = ("P", "S", "T", "D", "U", "A")
 #: Observable outputs a card may declare.
 OUTPUTS = ("ANC", "WBC", "PLT", "HGB", "CONC")
 #: PK drivers (schema 1; schema 2 adds "ode").
 PK_DRIVERS = ("closed_form", "covariates", "concentration", "kpd")
 #: Outputs of schema-2 cards (plus ``CONC:<drug>``).
 OUTPUTS_V2 = ("ANC", "WBC", "PLT", "HGB", "GCSF", "EPO", "CONC")
-#: Default DVID of each output in data (``pkpd.units.DEFAULT_OBSERVATION_TYPES`` plus G-CSF and EPO).
-DEFAULT_DVID = {"CONC": 1, "ANC": 2, "PLT": 3, "HGB": 4, "WBC": 5, "GCSF": 6, "EPO": 7}
+#: Default DVID of each output in data (inverse of ``pkpd.units.DEFAULT_OBSERVATION_TYPES``).
+DEFAULT_DVID = {name: dvid for dvid, name in DEFAULT_OBSERVATION_TYPES.items()}
 #: Closed-form PK models and their structural parameters.
 PK_MODELS = {
     "1cmt": ("CL", "V1"),
@@ -206,6 +210,8 @@ class PKSpec:
     elimination: str | None = None
     binding: str | None = None
     rename: dict = field(default_factory=dict)
+    #: ``absorption = "dual_sequential"`` (ODE PK): KA until TSWITCH after each dose, then KA2.
+    dual_absorption: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,14 @@ class PDSpec:
     # schema 2
     name: str | None = None
     cmt: dict = field(default_factory=dict)
+    #: Name of the blood product dosed into this component's states in regimens
+    #: (``"platelets"``, ``"rbc"``) and the state amount one product ``unit`` adds.
+    product: str | None = None
+    product_unit_amount: float | None = None
+    #: Or the amount unit of a drug dosed into the state (``"IU"``): data amounts convert to it.
+    product_dose_unit: str | None = None
+    #: The ``cmt`` target the product goes to (default the first).
+    product_target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -317,12 +331,14 @@ class ModelCard:
     couplings: dict = field(default_factory=dict)
     observe: dict = field(default_factory=dict)
     solver: str | None = None
+    #: IIV correlations (schema 2, ``[iiv_correlations]``): ``{(param_a, param_b): rho}``.
+    iiv_correlations: dict = field(default_factory=dict)
 
     @property
     def parameters(self) -> dict:
         """All parameters, PK first then PD, in card order: name -> :class:`ParameterSpec`."""
         out = {}
-        for section in (self.pks or (self.pk,)) + (self.pds or (self.pd,)):
+        for section in (self.pks if self.schema == 2 else (self.pk,)) + (self.pds or (self.pd,)):
             out.update(section.parameters)
         return out
 
@@ -822,6 +838,31 @@ class _Validator:
                                   note=self.string(d, "note", w, required=False))
         return out
 
+    def iiv_correlations(self, table: dict, params: dict) -> dict:
+        """``[iiv_correlations]``: ``"A,B" = rho`` between the etas of two parameters with IIV."""
+        out = {}
+        for key, rho in table.items():
+            w = f"iiv_correlations.{key}"
+            names = tuple(n.strip() for n in str(key).split(","))
+            if len(names) != 2 or names[0] == names[1]:
+                self.fail(w, "two different parameter names, 'A,B'", key)
+            for n in names:
+                if n not in params or not params[n].omega > 0:
+                    self.fail(w, "parameters with IIV (iiv > 0)", n)
+            if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not -1.0 < float(rho) < 1.0:
+                self.fail(w, "a correlation strictly between -1 and 1", rho)
+            if names in out or names[::-1] in out:
+                self.fail(w, "each pair once", key)
+            out[names] = float(rho)
+        if out:
+            iiv = [n for n, spec in params.items() if spec.omega > 0]
+            corr = np.eye(len(iiv))
+            for (a, b), rho in out.items():
+                corr[iiv.index(a), iiv.index(b)] = corr[iiv.index(b), iiv.index(a)] = rho
+            if np.linalg.eigvalsh(corr).min() <= 1e-10:
+                self.fail("iiv_correlations", "a positive-definite correlation matrix", out)
+        return out
+
     def covariates(self, raw: dict, params: dict) -> tuple:
         items = raw.get("covariates", [])
         if not isinstance(items, list):
@@ -866,7 +907,7 @@ class _Validator:
         from .registry import pd_component, pk_component
 
         self.known_keys(raw, ("schema", "name", "title", "notes", "solver", "reference", "pk", "pd", "couplings",
-                              "observe", "error", "covariates"), "")
+                              "observe", "error", "covariates", "iiv_correlations"), "")
         solver = self.string(raw, "solver", "", required=False, choices=("tsit5", "dopri5", "dopri8", "kvaerno5"))
         name = self.string(raw, "name", "")
         if name != self.path.stem:
@@ -874,7 +915,9 @@ class _Validator:
         title = self.string(raw, "title", "")
         notes = self.string(raw, "notes", "", required=False)
         reference = self.reference(self.table(raw, "reference", ""))
-        pks = [self.pk_v2(d, f"pk[{i}]") for i, d in enumerate(self.array(raw, "pk", "[[pk]] tables, one per drug"))]
+        # a model without [[pk]] (drug kinetics written inside a PD component, as for endogenous EPO) is allowed
+        pk_tables = self.array(raw, "pk", "[[pk]] tables, one per drug") if "pk" in raw else []
+        pks = [self.pk_v2(d, f"pk[{i}]") for i, d in enumerate(pk_tables)]
         pds = [self.pd_v2(d, f"pd[{i}]") for i, d in enumerate(self.array(raw, "pd", "[[pd]] tables"))]
         names = [p.drug for p in pks] + [p.name for p in pds]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -920,6 +963,10 @@ class _Validator:
                 if target not in comps[spec.name][1].dose_targets:
                     self.fail(f"pd[{i}].cmt.{target}", f"a dose target of {spec.name} "
                               f"({', '.join(comps[spec.name][1].dose_targets) or 'none'})", target)
+        names = [p.drug.lower() for p in pks] + [s.product.lower() for s in pds if s.product]
+        names += [s.name.lower() for s in pds if s.product and s.product.lower() != s.name.lower()]
+        if len(set(names)) != len(names):
+            self.fail("pd", "product names distinct from each other and from the drugs", names)
         cmts = [c for s in pks for c in s.cmt.values()] + [c for s in pds for c in s.cmt.values()]
         if len(set(cmts)) != len(cmts):
             self.fail("pk", "each data CMT routed to one dose target", sorted(cmts))
@@ -931,10 +978,12 @@ class _Validator:
         for section in pks + pds:
             params.update(section.parameters)
         covariates = self.covariates(raw, params)
-        card = ModelCard(name=name, path=self.path, title=title, drug=", ".join(p.drug for p in pks),
-                         outputs=outputs, reference=reference, pk=pks[0], pd=pds[0], error=errors,
+        correlations = self.iiv_correlations(self.table(raw, "iiv_correlations", "", required=False), params)
+        drug = ", ".join([p.drug for p in pks] + [s.product for s in pds if s.product])
+        card = ModelCard(name=name, path=self.path, title=title, drug=drug,
+                         outputs=outputs, reference=reference, pk=pks[0] if pks else None, pd=pds[0], error=errors,
                          covariates=covariates, raw=raw, notes=notes, schema=2, pks=tuple(pks), pds=tuple(pds),
-                         couplings=couplings, observe=observe, solver=solver)
+                         couplings=couplings, observe=observe, solver=solver, iiv_correlations=correlations)
         try:
             from .model import build_system
 
@@ -973,11 +1022,14 @@ class _Validator:
         dose_unit = self.string(d, "dose_unit", w)
         molar_mass = self.number(d, "molar_mass", w, required=False, positive=True)
         try:
-            _units.amount_factor("mg", dose_unit, molar_mass)
+            _units.normalise_amount_unit(dose_unit)
         except Exception as err:  # noqa: BLE001 - the registry says why
-            self.fail(f"{w}.dose_unit", "an amount unit the data's mg converts to (a molar unit needs molar_mass)",
-                      f"{dose_unit} ({err})")
-        absorption = self.boolean(d, "absorption", w)
+            self.fail(f"{w}.dose_unit", "an amount unit of pkpd.units (mg, ug, umol, IU, ...)", f"{dose_unit} ({err})")
+        if _units.amount_dimension(dose_unit) == "molar" and molar_mass is None:
+            self.fail(f"{w}.dose_unit", "a molar unit with molar_mass (g/mol: concentrations are reported in mg/L)",
+                      dose_unit)
+        dual = d.get("absorption") == "dual_sequential" and driver == "ode"
+        absorption = True if dual else self.boolean(d, "absorption", w)
         model = column = interpolation = conc = elimination = binding = None
         compartments = None
         rename = {}
@@ -1019,12 +1071,13 @@ class _Validator:
                       concentration_unit=conc, column=column, interpolation=interpolation, parameters=parameters,
                       reference=self.string(d, "reference", w, required=False),
                       notes=self.string(d, "notes", w, required=False), drug=drug, cmt=self.cmt_table(d, w),
-                      compartments=compartments, elimination=elimination, binding=binding, rename=rename)
+                      compartments=compartments, elimination=elimination, binding=binding, rename=rename,
+                      dual_absorption=dual)
 
     def pd_v2(self, d: dict, w: str) -> PDSpec:
         name = self.string(d, "name", w)
         system = self.string(d, "system", w)
-        reserved = ("name", "system", "cmt", "notes", "parameters")
+        reserved = ("name", "system", "cmt", "notes", "parameters", "product")
         options = {k: v for k, v in d.items() if k not in reserved}
         for k, v in options.items():
             if not isinstance(v, (str, int, float, bool)):
@@ -1033,8 +1086,38 @@ class _Validator:
         parameters = {p: self.parameter(p, v, f"{w}.parameters.{p}") for p, v in params.items()}
         if "ftr" in parameters and parameters["ftr"].value is not None and not 0 < parameters["ftr"].value < 1:
             self.fail(f"{w}.parameters.ftr.value", "a number in (0, 1)", parameters["ftr"].value)
+        product = unit_amount = product_dose_unit = product_target = None
+        if "product" in d:
+            table = self.table(d, "product", w)
+            self.known_keys(table, ("name", "target", "unit_amount", "dose_unit", "note"), f"{w}.product")
+            product_target = self.string(table, "target", f"{w}.product", required=False)
+            product = self.string(table, "name", f"{w}.product")
+            from .. import units as _units
+
+            if not _units.is_drug_name(product):
+                self.fail(f"{w}.product.name", "a product name (letters, digits, _ + - .)", product)
+            unit_amount = self.number(table, "unit_amount", f"{w}.product", required=False, positive=True)
+            product_dose_unit = self.string(table, "dose_unit", f"{w}.product", required=False)
+            if product_dose_unit is not None:
+                try:
+                    product_dose_unit = _units.normalise_amount_unit(product_dose_unit)
+                except Exception as err:  # noqa: BLE001 - the registry says why
+                    self.fail(f"{w}.product.dose_unit", "an amount unit of pkpd.units", f"{product_dose_unit} ({err})")
+            if (unit_amount is None) == (product_dose_unit is None):
+                self.fail(f"{w}.product", "exactly one of unit_amount (blood products: the state amount one "
+                          "'unit' adds) or dose_unit (a drug dosed into the state, e.g. 'IU')", table)
+        cmt = self.cmt_table(d, w)
+        if product is not None and not cmt:
+            self.fail(f"{w}.product", "a cmt table routing the product's doses to a state", None, has_got=False)
+        if product is not None:
+            if product_target is None:
+                product_target = next(iter(cmt))
+            elif product_target not in cmt:
+                self.fail(f"{w}.product.target", f"one of the cmt targets ({', '.join(cmt)})", product_target)
         return PDSpec(system=system, options=options, concentration_unit=None, parameters=parameters,
-                      notes=self.string(d, "notes", w, required=False), name=name, cmt=self.cmt_table(d, w))
+                      notes=self.string(d, "notes", w, required=False), name=name, cmt=cmt, product=product,
+                      product_unit_amount=unit_amount, product_dose_unit=product_dose_unit,
+                      product_target=product_target)
 
     def _signal(self, text, where: str, comps: dict) -> tuple:
         if not isinstance(text, str) or text.count(".") != 1:

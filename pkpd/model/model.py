@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
+
 import numpy as np
 import pandas as pd
 
@@ -24,7 +26,8 @@ from .pk.drivers import KPD, ClosedFormPK, ConcentrationColumn
 from .registry import PD_SYSTEMS, pd_class
 from .system import Route, System, pk_pd_system
 
-__all__ = ["Model", "load_model", "PD_SYSTEMS", "covariate_factors", "build_system", "individual_log_value"]
+__all__ = ["Model", "load_model", "PD_SYSTEMS", "covariate_factors", "build_system", "individual_log_value",
+           "data_amount_unit"]
 
 
 def build_system(card: ModelCard, steady_state: bool = True) -> System:
@@ -72,10 +75,14 @@ def _build_v2(card: ModelCard, steady_state: bool) -> System:
         for name in names:
             if name not in card.observe:
                 outputs.append((name, spec.drug, "conc"))
-                output_scale.append(units.unit_factor("CONC", spec.concentration_unit, spec.molar_mass))
+                if units.concentration_dimension(spec.concentration_unit) == "activity":
+                    # An IU drug (epoetin) has no mass concentration: its CONC output stays in IU/L.
+                    output_scale.append(units.concentration_factor(spec.concentration_unit, "IU/L"))
+                else:
+                    output_scale.append(units.unit_factor("CONC", spec.concentration_unit, spec.molar_mass))
     routes, route_scale = [], []
     for spec in card.pks:
-        factor = units.amount_factor("mg", spec.dose_unit, spec.molar_mass)
+        factor = units.amount_factor(data_amount_unit(spec), spec.dose_unit, spec.molar_mass)
         for target, cmt in spec.cmt.items():
             routes.append(Route(cmt, spec.drug, target))
             route_scale.append(factor)
@@ -85,6 +92,19 @@ def _build_v2(card: ModelCard, steady_state: bool) -> System:
             route_scale.append(1.0)
     return System(components=tuple(comps), links=tuple(links), link_scale=link_scale, outputs=tuple(outputs),
                   output_scale=output_scale, routes=tuple(routes), route_scale=route_scale)
+
+
+def data_amount_unit(spec) -> str:
+    """Unit of a drug's AMT in a frame that declares none: mg when the drug's ``dose_unit``
+    converts from mg (mass, or molar with a molar mass), else the base unit of its dose
+    unit's dimension (IU for a drug dosed in IU)."""
+    from .. import units
+
+    try:
+        units.amount_factor("mg", spec.dose_unit or "mg", spec.molar_mass)
+        return "mg"
+    except units.UnitError:
+        return units.stored_amount_unit(spec.dose_unit)[0]
 
 
 def _build_dynamics(card: ModelCard, steady_state: bool = True) -> System:
@@ -191,21 +211,71 @@ class Model:
     def parameter_names(self) -> tuple[str, ...]:
         return self.dynamics.parameter_names
 
-    def drug_inputs(self) -> dict:
-        """How each drug of the card enters the data: ``{drug: DrugInput}`` for
-        :meth:`pkpd.dosing.regimen.Regimen.to_records` (intravascular doses into the drug's
-        ``central`` route, extravascular ones into its ``depot`` route; amounts written in
-        mg, the data's canonical unit, which the model converts to its dose unit)."""
+    def drug_inputs(self, dose_units: dict | None = None) -> tuple[dict, dict]:
+        """How each drug of the card enters a data set: ``({drug: DrugInput}, {CMT: unit})``.
+
+        The :class:`~pkpd.dosing.regimen.DrugInput` per drug tells
+        :meth:`pkpd.dosing.regimen.Regimen.to_records` where a regimen's doses go
+        (intravascular doses into the drug's ``central`` route, extravascular ones into its
+        ``depot`` route) and in which unit to write them so that they join a canonical
+        frame whose compartments are declared in ``dose_units`` (:attr:`pkpd.Dataset.dose_units`):
+        a compartment's stored unit when it is declared, else mg when the drug's dose unit
+        converts from mg, else the base unit of the drug's own dose unit (IU for an
+        epoetin card). A product of the card (``[[pd]] product``: platelets in ``unit``,
+        epoetin in IU) is dosed into its ``target`` state. The second value lists the units of the
+        compartments the records use, to be merged into the frame's ``dose_units`` for :meth:`prepare`. Schema-1
+        cards have no named drugs: ``({}, {})`` (their regimens go to CMT 1 in mg).
+        """
+        from .. import units
         from ..dosing.regimen import DrugInput
 
-        out = {}
+        declared = {int(c): u for c, u in (dose_units or {}).items()}
+        inputs, used = {}, {}
         for spec in (self.card.pks if self.card.schema == 2 else ()):
-            cmt = spec.cmt
+            cmt = dict(spec.cmt)
             iv = cmt.get("central", next(iter(cmt.values()), None))
             if iv is None:
                 continue
-            out[spec.drug] = DrugInput(cmt=iv, dose_unit="mg", molar_mass=spec.molar_mass, sc_cmt=cmt.get("depot"))
-        return out
+            mine = sorted(set(cmt.values()))
+            stored = {units.stored_amount_unit(declared[c])[0] for c in mine if c in declared}
+            if len(stored) > 1:
+                raise ModelError(f"the compartments of {spec.drug or 'the drug'} ({mine}) are declared in units of "
+                                 f"different kinds ({sorted(stored)}): declare them alike")
+            unit = stored.pop() if stored else data_amount_unit(spec)
+            name = spec.drug or "drug"
+            inputs[name] = DrugInput(cmt=iv, dose_unit=unit, molar_mass=spec.molar_mass, sc_cmt=cmt.get("depot"))
+            used.update({c: unit for c in mine if unit != "mg" or c in declared})
+        for spec in (self.card.pds if self.card.schema == 2 else ()):
+            if spec.product:
+                cmt = spec.cmt[spec.product_target]
+                unit = "unit" if spec.product_unit_amount else (
+                    units.stored_amount_unit(declared[cmt])[0] if cmt in declared else
+                    units.stored_amount_unit(spec.product_dose_unit)[0])
+                # a drug dosed into a PD state (epoetin into its depot) takes any route there
+                inputs[spec.product] = DrugInput(cmt=cmt, dose_unit=unit,
+                                                 sc_cmt=cmt if spec.product_dose_unit else None)
+                used[cmt] = unit
+        return inputs, used
+
+    def regimen_records(self, regimen, covariates: dict | None = None, id=1,
+                        dose_units: dict | None = None) -> tuple[pd.DataFrame, dict]:
+        """NONMEM dose records of a regimen for this model: ``(records, {CMT: unit})``.
+
+        Schema-2 cards route each named drug by :meth:`drug_inputs` (so one regimen may
+        combine drugs: ``"docetaxel 75 mg/m2 1h; pegfilgrastim 6 mg sc @24h"``); schema-1
+        cards take every dose into CMT 1 in mg. ``dose_units`` are those of the frame the
+        records join (:attr:`pkpd.Dataset.dose_units`); the returned mapping is the units
+        the records use, to pass with the frame to :meth:`prepare`.
+        """
+        from ..dosing.regimen import Regimen, parse_regimen
+
+        if not isinstance(regimen, Regimen):
+            regimen = parse_regimen(str(regimen))
+        inputs, used = self.drug_inputs(dose_units)
+        if not inputs:
+            molar_mass = self.card.pk.molar_mass if self.card.pk is not None else None
+            return regimen.to_records(covariates, dose_unit="mg", molar_mass=molar_mass, id=id), {}
+        return regimen.to_records(covariates, id=id, drugs=inputs), used
 
     def solver_options(self, options=None):
         """``options`` (default :class:`pkpd.solve.solver.SolverOptions`) with the card's
@@ -227,11 +297,74 @@ class Model:
         """Parameter specifications of the card (``ParameterSpec`` by name)."""
         return {n: self.card.parameters[n] for n in self.parameter_names}
 
-    def dynamics_for(self, df: pd.DataFrame) -> System:
-        """The system specialised to a data set (skips steady-state formulas when no dose has SS)."""
+    def dynamics_for(self, df: pd.DataFrame, dose_units: dict | None = None) -> System:
+        """The system specialised to a data set: steady-state formulas skipped when no dose
+        has SS, and each dose route's factor taking the data's amounts to the drug's dose
+        unit (``dose_units``: the data's declared unit per CMT, :attr:`pkpd.Dataset.dose_units`;
+        compartments not listed are in mg)."""
         doses = df["EVID"].isin([1, 4]).to_numpy()
         has_ss = bool((df["SS"].to_numpy(int)[doses] > 0).any())
-        return self.dynamics if has_ss else build_system(self.card, steady_state=False)
+        system = self.dynamics if has_ss else build_system(self.card, steady_state=False)
+        if dose_units:
+            system = eqx.tree_at(lambda s: s.route_scale, system, self.route_factors(dose_units))
+        return system
+
+    def route_factors(self, dose_units: dict | None = None) -> np.ndarray:
+        """Factor per dose route of :attr:`dynamics` taking the data's stored amounts to the
+        dose target's unit.
+
+        A dataset stores AMT in mg, or, for compartments declared in molar, IU, product
+        or cell units, in umol, IU, unit or cells (:func:`pkpd.units.stored_amount_unit`).
+        A drug's doses convert to its card ``dose_unit`` (mass <-> molar with its
+        ``molar_mass``); doses into a PD state (a transfusion) are in the state's own unit
+        and take no declared unit.
+
+        Raises
+        ------
+        ModelError
+            A compartment's unit cannot be converted to its drug's dose unit (IU to mg,
+            molar without a molar mass), or a unit is declared for a PD-state route.
+        """
+        from .. import units
+
+        dose_units = {int(c): u for c, u in (dose_units or {}).items()}
+        specs = {p.drug: p for p in self.card.pks} if self.card.schema == 2 else {"pk": self.card.pk}
+        pds = {p.name: p for p in self.card.pds} if self.card.schema == 2 else {}
+        out = []
+        for route in self.dynamics.routes:
+            spec = specs.get(route.component)
+            # A compartment the data does not dose keeps the model's default (data_amount_unit).
+            declared = dose_units.get(int(route.cmt), "mg" if spec is None else data_amount_unit(spec))
+            stored = units.stored_amount_unit(declared)[0]
+            if spec is None:
+                pd_spec = pds.get(route.component)
+                per_unit = pd_spec.product_unit_amount if pd_spec is not None else None
+                drug_unit = pd_spec.product_dose_unit if pd_spec is not None else None
+                if declared == "unit" and per_unit:
+                    out.append(float(per_unit))  # one product unit adds `unit_amount` to the state
+                elif declared == "mg" and int(route.cmt) not in dose_units:  # not dosed: the state's unit
+                    out.append(1.0)
+                elif drug_unit is not None:
+                    try:
+                        out.append(units.amount_factor(stored, drug_unit))
+                    except units.UnitError as err:
+                        raise ModelError(f"doses into CMT {route.cmt} ({pd_spec.product}) are in {declared}, but "
+                                         f"the model {self.name!r} takes them in {drug_unit}: {err}") from None
+                elif declared == "mg":  # undeclared: amounts in the state's own unit
+                    out.append(1.0)
+                else:
+                    what = (f"in the state's own unit or in 'unit' ({per_unit:g} each)" if per_unit else
+                            "in the state's own unit")
+                    raise ModelError(f"doses into CMT {route.cmt} go to the model state {route.component}."
+                                     f"{route.target}, whose amounts are {what}: got doses declared in {declared!r}")
+                continue
+            model_unit = (spec.dose_unit or "mg").strip()
+            try:
+                out.append(units.amount_factor(stored, model_unit, spec.molar_mass))
+            except units.UnitError as err:
+                raise ModelError(f"doses into CMT {route.cmt} ({route.component}) are in {declared}, but the "
+                                 f"model {self.name!r} takes {route.component} in {model_unit}: {err}") from None
+        return np.asarray(out, dtype=float)
 
     @property
     def amount_scale(self) -> float:
@@ -239,12 +372,13 @@ class Model:
         return _amount_scale(self.card)
 
     def prepare(self, df: pd.DataFrame, ids=None, n_subjects=None, eval_times=None, eval_mask=None,
-                options=None) -> tuple:
-        """``(dynamics, data)`` for compiled code: :meth:`dynamics_for` and padded subject arrays
-        (with integration grids when ``options.solver == "rk4-grid"``)."""
+                options=None, dose_units: dict | None = None) -> tuple:
+        """``(dynamics, data)`` for compiled code: :meth:`dynamics_for` (with the data's
+        ``dose_units``, ``{CMT: unit}``) and padded subject arrays (with integration grids
+        when ``options.solver == "rk4-grid"``)."""
         from ..solve.solver import prepare_subjects
 
-        dynamics = self.dynamics_for(df)
+        dynamics = self.dynamics_for(df, dose_units)
         data = prepare_subjects(dynamics, df, ids, n_subjects=n_subjects, eval_times=eval_times, eval_mask=eval_mask,
                                 options=options)
         return dynamics, data
@@ -264,6 +398,28 @@ class Model:
                 raise ModelError(f"column {name!r} is missing or non-numeric on the first record of ID(s) {bad[:5]}")
             out[name] = values
         return out
+
+    def iiv_correlation(self, names) -> np.ndarray:
+        """Correlation matrix of the etas of ``names`` (the card's ``[iiv_correlations]``;
+        identity where the card gives none)."""
+        names = list(names)
+        corr = np.eye(len(names))
+        for (a, b), rho in getattr(self.card, "iiv_correlations", {}).items():
+            if a in names and b in names:
+                corr[names.index(a), names.index(b)] = corr[names.index(b), names.index(a)] = rho
+        return corr
+
+    def draw_etas(self, rng: np.random.Generator, n: int) -> dict:
+        """Random effects of ``n`` subjects, ``{name: [n]}``, from the card's IIV: independent
+        normal draws ``N(0, omega^2)`` per parameter, or, when the card correlates etas,
+        ``eta = omega * (L z)`` with ``L`` the Cholesky factor of :meth:`iiv_correlation`."""
+        names = [p for p, spec in self.parameters.items() if spec.omega > 0 and not spec.column]
+        if not getattr(self.card, "iiv_correlations", None):
+            return {p: rng.normal(0.0, self.parameters[p].omega, size=n) for p in names}
+        omega = np.array([self.parameters[p].omega for p in names])
+        z = rng.normal(size=(n, len(names)))
+        eta = (z @ np.linalg.cholesky(self.iiv_correlation(names)).T) * omega
+        return {p: eta[:, j] for j, p in enumerate(names)}
 
     def individual_parameters(self, covariates: dict, eta: dict | None = None, typical: dict | None = None,
                               n: int | None = None, xp=np) -> dict:

@@ -12,8 +12,17 @@ import importlib
 
 from ..errors import ModelError
 from .pd.base import PDSystem, PDSystemComponent
+from .pd.erythropoiesis import EndogenousEPO, EpoetinErythropoiesis, RedCellLifespan
 from .pd.friberg import Friberg
-from .pd.granulopoiesis import EndogenousGCSF, GCSFFeedbackNeutrophils
+from .pd.granulopoiesis import (
+    EndogenousGCSF,
+    FribergGCSF,
+    GCSFFeedbackNeutrophils,
+    KrzyzanskiGranulopoiesis,
+    MelhemGranulopoiesis,
+    ObservedGCSF,
+)
+from .pd.thrombopoiesis import FribergPlatelets, PlateletLifespan
 from .pk.closed_form import _dose_quantity
 from .pk.compartmental import CompartmentalPK
 from .pk.drivers import KPD, ClosedFormPK, ConcentrationColumn
@@ -22,9 +31,21 @@ __all__ = ["PD_SYSTEMS", "pd_class", "pk_component", "pd_component"]
 
 #: Short names of PD systems usable in model cards.
 PD_SYSTEMS = {
+    # neutrophils (Friberg family) and G-CSF
     "friberg": Friberg,
     "gcsf_feedback_neutrophils": GCSFFeedbackNeutrophils,
     "endogenous_gcsf": EndogenousGCSF,
+    "melhem_granulopoiesis": MelhemGranulopoiesis,
+    "friberg_gcsf": FribergGCSF,
+    "krzyzanski_granulopoiesis": KrzyzanskiGranulopoiesis,
+    "observed_gcsf": ObservedGCSF,
+    # platelets and TPO-receptor agonists
+    "friberg_platelets": FribergPlatelets,
+    "platelet_lifespan": PlateletLifespan,
+    # red cells, ESAs and endogenous EPO
+    "red_cell_lifespan": RedCellLifespan,
+    "endogenous_epo": EndogenousEPO,
+    "epoetin_erythropoiesis": EpoetinErythropoiesis,
 }
 
 
@@ -53,7 +74,8 @@ def pk_component(spec, steady_state: bool = True, name: str | None = None):
         return ConcentrationColumn(spec.column, spec.interpolation or "linear", name)
     if spec.driver == "ode":
         return CompartmentalPK(int(spec.compartments), bool(spec.absorption), spec.elimination or "linear",
-                               spec.binding or "none", tuple(sorted(spec.rename.items())), name, dose_params)
+                               spec.binding or "none", tuple(sorted(spec.rename.items())), name, dose_params,
+                               bool(spec.dual_absorption))
     raise ModelError(f"unknown PK driver {spec.driver!r}")  # pragma: no cover - validated by the card loader
 
 

@@ -89,7 +89,11 @@ _ENTRY_PROPERTIES = dict(
     trajectory=_obj(time_h=_NUM_LIST, median=_NUM_LIST, lo=_NUM_LIST, hi=_NUM_LIST),
 )
 
-#: An entry of a lineage: the same, plus the optional lineage-specific ``p_transfusion``.
+_LEVEL = r"^[0-9]+(\.[0-9]+)?$"
+_REACHED = _obj(median=_NUM_OR_NULL, lo=_NUM_OR_NULL, hi=_NUM_OR_NULL, p_not_reached=_PROB)
+
+#: An entry of a lineage: the same, plus the optional lineage-specific endpoints
+#: (:mod:`pkpd.forecasting.lineage_endpoints`).
 _LINEAGE_ENTRY = {
     "type": "object",
     "properties": {
@@ -97,9 +101,18 @@ _LINEAGE_ENTRY = {
         "p_transfusion": {
             "type": "object",
             "properties": {},
-            "propertyNames": {"pattern": r"^[0-9]+(\.[0-9]+)?$"},
+            "propertyNames": {"pattern": _LEVEL},
             "additionalProperties": _PROB,
         },
+        "time_below_h": {"type": "object", "properties": {}, "propertyNames": {"pattern": _LEVEL},
+                         "additionalProperties": _obj(mean=_NUM, median=_NUM)},
+        "p_below_by_day": {"type": "object", "properties": {"time_h": _NUM_LIST}, "required": ["time_h"],
+                           "propertyNames": {"pattern": r"^(time_h|[0-9]+(\.[0-9]+)?)$"},
+                           "additionalProperties": {"type": "array", "items": _PROB}},
+        "engraftment_day": _obj(median=_NUM_OR_NULL, lo=_NUM_OR_NULL, hi=_NUM_OR_NULL, p_not_engrafted=_PROB),
+        "esa": _obj(time_to_h={"type": "object", "properties": {}, "propertyNames": {"pattern": _LEVEL},
+                               "additionalProperties": _REACHED},
+                    p_rise_gt_1_in_2w=_PROB, p_above_12=_PROB),
     },
     "required": list(_ENTRY_PROPERTIES),
     "additionalProperties": False,
@@ -115,10 +128,19 @@ _LINEAGE = _obj(
     patients={"type": "array", "items": _LINEAGE_ENTRY},
 )
 
+#: One paired comparison record (:mod:`pkpd.forecasting.compare`).
+_COMPARISON = _obj(
+    id={"type": "string"}, lineage={"type": "string"}, endpoint={"type": "string"}, unit={"type": "string"},
+    better={"type": "string"}, reference={"type": "string"}, alternative={"type": "string"},
+    reference_value=_NUM_OR_NULL, alternative_value=_NUM_OR_NULL, difference=_NUM_OR_NULL, lo=_NUM_OR_NULL,
+    hi=_NUM_OR_NULL, p_better=_PROB, mcse=_NUM_OR_NULL,
+)
+
 #: Schema of the forecast JSON (JSON-schema keywords: type, properties, required,
 #: additionalProperties, propertyNames.pattern, items, minimum, maximum,
 #: exclusiveMinimum, exclusiveMaximum). "number" means a finite int or float (not bool).
-#: ``lineages`` is optional (JSON of single-lineage forecasts of older versions lacks it).
+#: ``lineages`` is optional (JSON of single-lineage forecasts of older versions lacks it);
+#: ``comparison`` (paired regimen differences) only comes with a comparison.
 FORECAST_SCHEMA = {
     "type": "object",
     "properties": {
@@ -128,6 +150,7 @@ FORECAST_SCHEMA = {
         "horizon_h": _NUM,
         "patients": {"type": "array", "items": _obj(**_ENTRY_PROPERTIES)},
         "lineages": {"type": "array", "items": _LINEAGE},
+        "comparison": {"type": "array", "items": _COMPARISON},
     },
     "required": ["model", "prior", "interval", "horizon_h", "patients"],
     "additionalProperties": False,
@@ -282,7 +305,7 @@ def patient_table(entries) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
-def forecast_json(model_name, prior_name, interval, horizon_h, entries, lineages=None) -> dict:
+def forecast_json(model_name, prior_name, interval, horizon_h, entries, lineages=None, comparison=None) -> dict:
     """The full forecast structure, validated against :data:`FORECAST_SCHEMA`.
 
     Parameters
@@ -293,6 +316,9 @@ def forecast_json(model_name, prior_name, interval, horizon_h, entries, lineages
         ``patients``: the entries of the primary lineage (:func:`patient_summary`).
     lineages : list of dict, optional
         ``lineages`` (:meth:`pkpd.forecasting.forecast.Forecast.lineage_json`); left out
+        when None.
+    comparison : list of dict, optional
+        Paired regimen differences (:class:`pkpd.forecasting.compare.Comparison`); left out
         when None.
 
     Raises
@@ -309,6 +335,8 @@ def forecast_json(model_name, prior_name, interval, horizon_h, entries, lineages
     }
     if lineages is not None:
         obj["lineages"] = list(lineages)
+    if comparison is not None:
+        obj["comparison"] = list(comparison)
     validate_forecast_json(obj)
     return obj
 

@@ -161,6 +161,7 @@ class PopulationProblem:
     def __init__(self, model: Model, dataset, spec: FitSpec = FitSpec()):
         self.model = model
         self.dataset = dataset
+        self.dose_units = getattr(dataset, "dose_units", {})
         self.spec = spec
         card = model.card
         df = dataset.df.reset_index(drop=True)
@@ -244,7 +245,8 @@ class PopulationProblem:
         self.solver = spec.solver
         self.grid_error = None
         self.dynamics, self.data = model.prepare(df, self.ids, n_subjects=self.n_sub, eval_times=obs.time,
-                                                 eval_mask=obs.mask, options=self.solver)
+                                                 eval_mask=obs.mask, options=self.solver,
+                                                 dose_units=self.dose_units)
         cov = model.subject_covariates(df, self.ids)
         pad = lambda v: np.concatenate([np.asarray(v, float), np.repeat(np.asarray(v, float)[:1], self.n_sub - n)])  # noqa: E731
         factors = covariate_factors(card, cov) if card.covariates else {}
@@ -266,7 +268,7 @@ class PopulationProblem:
             eta = jnp.asarray(np.clip(rng.normal(size=(self.n_real, len(self.iiv))), -2, 2) * omega)
         theta = self.individual({p: init[f"log_tv_{p}"] for p in self.estimated}, eta)
         tight = SolverOptions(rtol=1e-10, atol=1e-12, max_steps=100_000)
-        _, ref_data = self.model.prepare(df, self.ids, n_subjects=self.n_sub)
+        _, ref_data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, dose_units=self.dose_units)
         a = self.arrays
         ref = predict_outputs(self.dynamics, ref_data, theta, a["t"], a["order"], tight)[0]
         mask = np.asarray(a["mask"])
@@ -289,11 +291,12 @@ class PopulationProblem:
             options = SolverOptions(solver="rk4-grid", grid_fine=options.grid_fine / 2, grid_medium=options.grid_medium / 2,
                           grid_coarse=options.grid_coarse)
             self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, eval_times=obs.time,
-                                                          eval_mask=obs.mask, options=options)
+                                                          eval_mask=obs.mask, options=options,
+                                                          dose_units=self.dose_units)
         warnings.warn(f"the rk4-grid solver stays {err:.1e} (relative) from a tight solve after refinement; "
                       "using the adaptive Tsit5 solver instead", stacklevel=3)
         self.solver = SolverOptions(rtol=1e-6, atol=1e-8)
-        self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub)
+        self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, dose_units=self.dose_units)
 
     # ------------------------------------------------------------------ parameters
     def individual(self, log_tv: dict, eta) -> dict:

@@ -26,6 +26,11 @@ __all__ = ["simulate", "add_residual_error", "OUTPUT_DVID", "solve_design", "DEF
 #: DVID used for each output in simulated data (``read_dataset``'s default mapping).
 OUTPUT_DVID = {name: dvid for dvid, name in DEFAULT_OBSERVATION_TYPES.items()}
 
+
+def output_dvid(model: Model) -> dict:
+    """DVID of each output of ``model`` in data: the card's ``[observe]`` dvids, else the defaults."""
+    return {**OUTPUT_DVID, **model.card.output_dvid}
+
 _COLUMNS = ["ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "II", "ADDL", "SS", "DVID"]
 
 
@@ -46,12 +51,17 @@ def add_residual_error(ipred, spec, key):
 DEFAULT_FOLLOW_UP_H = 21 * 24.0
 
 
-def _design_from_regimen(model: Model, regimen, n: int, times, covariates: dict) -> pd.DataFrame:
+def _design_from_regimen(model: Model, regimen, n: int, times, covariates: dict) -> tuple[pd.DataFrame, dict]:
     from ..dosing.regimen import Regimen, parse_regimen
 
     if not isinstance(regimen, Regimen):
         regimen = parse_regimen(str(regimen))
     outputs = [o for o in model.outputs]
+    dvids = output_dvid(model)
+    missing = [o for o in outputs if o not in dvids]
+    if missing:
+        raise ModelError(f"outputs {missing} of model {model.name!r} have no DVID: give them one in the card's "
+                         "[observe] table (dvid = ...)")
     if times is None:
         # A single dose has no interval (None): its last dose is its first.
         last = max(d.start + (d.interval or 0.0) * (d.count - 1) for d in regimen.items)
@@ -59,14 +69,14 @@ def _design_from_regimen(model: Model, regimen, n: int, times, covariates: dict)
     times = np.asarray(times, dtype=float)
     if np.any(times < 0) or np.any(np.diff(times) < 0):
         raise ModelError("`times` must be non-negative and increasing")
-    frames = []
+    frames, dose_units = [], {}
     for i in range(n):
         cov_i = {k: (v[i] if np.ndim(v) else v) for k, v in covariates.items()}
-        doses = regimen.to_records(cov_i, dose_unit="mg", molar_mass=model.card.pk.molar_mass, id=i + 1)
+        doses, dose_units = model.regimen_records(regimen, cov_i, id=i + 1)
         obs = pd.DataFrame(
             [
                 {"ID": i + 1, "TIME": t, "DV": np.nan, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 0, "RATE": 0.0,
-                 "II": 0.0, "ADDL": 0, "SS": 0, "DVID": OUTPUT_DVID[o]}
+                 "II": 0.0, "ADDL": 0, "SS": 0, "DVID": dvids[o]}
                 for t in times
                 for o in outputs
             ]
@@ -77,11 +87,13 @@ def _design_from_regimen(model: Model, regimen, n: int, times, covariates: dict)
         for k, v in cov_i.items():
             both[k] = v
         frames.append(both)
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), dose_units
 
 
-def solve_design(model: Model, df: pd.DataFrame, theta: dict, options: SolverOptions = SolverOptions()):
-    """Noise-free predictions (IPRED) at every observation row of a canonical frame.
+def solve_design(model: Model, df: pd.DataFrame, theta: dict, options: SolverOptions = SolverOptions(),
+                 dose_units: dict | None = None):
+    """Noise-free predictions (IPRED) at every observation row of a canonical frame
+    (whose dose amounts are in ``dose_units``, ``{CMT: unit}``, mg where not listed).
 
     ``theta`` holds ``[S]`` arrays in the order of the frame's subjects. Returns
     ``(ipred [n_rows] with NaN on non-observation rows, status per subject, steps per subject)``.
@@ -95,14 +107,15 @@ def solve_design(model: Model, df: pd.DataFrame, theta: dict, options: SolverOpt
     t, order, row, mask = evaluation_keys(df, rows, ids, n_subjects=n_sub)
     if np.any(np.diff(t, axis=1) < 0):
         raise ModelError("observation times must not decrease within a subject for PD simulation")
-    dynamics, data = model.prepare(df, ids, n_subjects=n_sub, eval_times=t, eval_mask=mask, options=options)
+    dynamics, data = model.prepare(df, ids, n_subjects=n_sub, eval_times=t, eval_mask=mask, options=options,
+                                   dose_units=dose_units)
     padded = {}
     for k, v in theta.items():
         v = np.asarray(v, dtype=float)
         padded[k] = jnp.asarray(np.concatenate([v, np.repeat(v[:1], n_sub - len(v))]))
     outputs, status, steps = predict_outputs(dynamics, data, padded, jnp.asarray(t), jnp.asarray(order), options)
     dvid = df["DVID"].to_numpy(int)
-    types = DEFAULT_OBSERVATION_TYPES
+    types = {d: name for name, d in output_dvid(model).items()}
     ipred = np.full(len(df), np.nan)
     for name, values in outputs.items():
         values = np.asarray(values)
@@ -172,26 +185,23 @@ def simulate(
             raise ModelError(f"n_subjects={n_subjects} differs from the data set's {ds.n_subjects} subjects")
         for k, v in covariates.items():
             df[k] = v
+        dose_units = getattr(ds, "dose_units", {})
     else:
         n_subjects = 1 if n_subjects is None else int(n_subjects)
         if n_subjects < 1:
             raise ModelError(f"n_subjects must be >= 1, got {n_subjects}")
-        df = _design_from_regimen(model, regimen_or_dataset, n_subjects, times, covariates)
+        df, dose_units = _design_from_regimen(model, regimen_or_dataset, n_subjects, times, covariates)
     ids = list(pd.unique(df["ID"]))
     cov = model.subject_covariates(df, ids)
-    eta = {}
-    if iiv:
-        for name, spec in model.parameters.items():
-            if spec.omega > 0 and not spec.column:
-                eta[name] = rng.normal(0.0, spec.omega, size=len(ids))
+    eta = model.draw_etas(rng, len(ids)) if iiv else {}
     theta = model.individual_parameters(cov, eta, n=len(ids))
-    ipred, status, _ = solve_design(model, df, theta, options)
+    ipred, status, _ = solve_design(model, df, theta, options, dose_units)
     if not status.all():
         bad = [ids[i] for i in np.flatnonzero(~status)]
         raise ModelError(f"the ODE solve failed for ID(s) {bad[:10]} (try a larger max_steps or other tolerances)")
     obs = df["EVID"].to_numpy(int) == 0
     dv = np.full(len(df), np.nan)
-    names = df["DVID"].map(DEFAULT_OBSERVATION_TYPES).to_numpy()
+    names = df["DVID"].map({d: name for name, d in output_dvid(model).items()}).to_numpy()
     keys = jax.random.split(jax.random.PRNGKey(seed), len(model.outputs))
     for name, key in zip(model.outputs, keys):
         sel = obs & (names == name)
@@ -214,6 +224,8 @@ def simulate(
             out = out.drop(columns=["CENS", "LLOQ"], errors="ignore")
     extra = [c for c in out.columns if c not in _COLUMNS]
     out = out[_COLUMNS + extra].reset_index(drop=True)
+    # The unit of AMT per compartment where it is not mg (e.g. IU), for read_dataset(dose_unit=...).
+    out.attrs["dose_units"] = dict(dose_units)
     if return_parameters:
         return out, pd.DataFrame({k: np.asarray(v) for k, v in theta.items()}, index=pd.Index(ids, name="ID"))
     return out

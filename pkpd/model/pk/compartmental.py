@@ -34,6 +34,25 @@ and ``ALAG<n>`` (named by the data's CMT, as in NONMEM).
 Signals: ``conc`` (free concentration), ``total`` (total concentration),
 ``occupancy`` (bound fraction of the receptor pool; 0 without binding).
 
+Dual sequential first-order absorption (Gibiansky et al. 2011 eltrombopag; Farrell et
+al. 2014), option ``dual_absorption``: the depot is absorbed with rate ``KA`` (the
+papers' ka1) until ``TSWITCH`` hours after the most recent dose into the depot, and
+with ``KA2`` after that,
+
+.. math::
+
+    k_a(t) = \begin{cases} k_{a1} & t - t_{dose} < T_{switch} \\
+                            k_{a2} & t - t_{dose} \ge T_{switch} \end{cases}
+
+with :math:`t_{dose}` the record time of the latest dose into the depot at or before
+:math:`t` (the nominal time, before the lag ``ALAG<n>``, which delays the dose's
+arrival in the depot). This is the interpretation of the nlmixr2lib encoding of
+Farrell 2014 (``ka_now <- ka1; if (tad() >= tswitch) ka_now <- ka2``; ``tad`` resets
+at each dose, so the switch applies to everything left in the depot). With a lag
+``ALAG < TSWITCH`` each dose is absorbed at ``ka1`` from ``t_dose + ALAG`` to
+``t_dose + TSWITCH``, then at ``ka2``. The switch times are passed to the integrator
+as discontinuities. Model cards select it with ``absorption = "dual_sequential"``.
+
 References
 ----------
 Gibiansky L, Gibiansky E, Kakkar T, Ma P. Approximations of the target-mediated drug
@@ -92,6 +111,9 @@ class CompartmentalPK(Component):
     dose_parameters : tuple of str
         Dose quantities estimated as parameters (``F2``, ``ALAG2``, ``D2``...; numbered by
         the data's CMT), applied by the system to the doses routed here.
+    dual_absorption : bool
+        Dual sequential first-order absorption (``KA`` then ``KA2`` from ``TSWITCH`` h
+        after each dose into the depot; module docstring). Needs ``absorption``.
     """
 
     n_compartments: int = eqx.field(static=True, default=1)
@@ -101,8 +123,15 @@ class CompartmentalPK(Component):
     parameters: tuple = eqx.field(static=True, default=())
     name: str = eqx.field(static=True, default="pk")
     dose_parameters: tuple = eqx.field(static=True, default=())
+    dual_absorption: bool = eqx.field(static=True, default=False)
+
+    @property
+    def _dual(self) -> bool:
+        return bool(self.dual_absorption)
 
     def __check_init__(self):
+        if self._dual and not self.absorption:
+            raise ValueError("Dual sequential absorption (`dual_absorption`) needs `absorption=True` (a depot).")
         if self.n_compartments not in _STRUCTURAL:
             raise ValueError(f"Invalid `n_compartments`: got `{self.n_compartments}`, must be 1, 2 or 3.")
         if self.elimination not in ("linear", "michaelis_menten", "linear+michaelis_menten"):
@@ -119,6 +148,8 @@ class CompartmentalPK(Component):
             names += ["VMAX", "KM"]
         if self.absorption:
             names.append("KA")
+        if self._dual:
+            names += ["KA2", "TSWITCH"]
         if self.binding == "tmdd_qe":
             names += ["KD", "KINT", "XI"]
         return tuple(names)
@@ -155,6 +186,33 @@ class CompartmentalPK(Component):
     def is_pk(self):
         return True
 
+    @property
+    def receives_doses(self):
+        return self._dual
+
+    def setup(self, data, doses, theta):
+        if not self._dual or doses is None:
+            return None
+        # Record times of the doses into the depot (local dose target 1); +inf padding.
+        into_depot = (doses.start_time < jnp.inf) & (doses.cmt == 1)
+        times = jnp.where(into_depot, doses.time, jnp.inf)
+        return {"dose_time": times, "switch": times + theta[self._g("TSWITCH")]}
+
+    def jump_times(self, ctx):
+        if ctx is None:
+            return jnp.full((1,), jnp.inf)
+        return ctx["switch"]
+
+    def absorption_rate(self, t, theta, ctx):
+        """First-order absorption rate constant at time ``t`` (``KA``, or ``KA``/``KA2``)."""
+        ka = theta[self._g("KA")]
+        if not self._dual:
+            return ka
+        given = ctx["dose_time"] <= t
+        latest = jnp.max(jnp.where(given, ctx["dose_time"], -jnp.inf))
+        switched = jnp.any(given) & (t - latest >= theta[self._g("TSWITCH")])
+        return jnp.where(switched, theta[self._g("KA2")], ka)
+
     def initial_state(self, theta):
         return jnp.zeros((len(self.state_names),), dtype=jnp.result_type(theta[self._g("V1")], float))
 
@@ -179,7 +237,7 @@ class CompartmentalPK(Component):
         out = []
         d_central = jnp.zeros_like(c)
         if self.absorption:
-            absorbed = p("KA") * y[0]
+            absorbed = self.absorption_rate(t, theta, ctx) * y[0]
             out.append(-absorbed)
             d_central = d_central + absorbed
         if self.elimination != "michaelis_menten":
