@@ -119,3 +119,20 @@ def test_cli_compare(patient, tmp_path, capsys):
                     "--compare"])
     assert code == 2
     assert "--compare needs at least two --regimen" in capsys.readouterr().err
+
+
+def test_haemoglobin_comparison_has_the_esa_endpoints():
+    t = np.arange(0.0, 40 * 24 + 1, 24.0)
+    flat = np.full(t.size, 9.0)
+    rising = 9.0 + 0.1 * t / 24  # +1.4 g/dL per 14 days; 10 on day 10, 11 on day 20, above 12 after day 30
+    y = np.stack([np.stack([flat, rising]), np.stack([flat, flat])])[:, :, None, :]  # [draws, regimens, 1, T]
+    fc = fake_forecast(y[:, :, 0, :], t=t)
+    fc.lineages, fc.lineage_trajectories = ("HGB",), {"HGB": y[:, None, :, 0, :]}
+    table = compare(fc).table.set_index("endpoint")
+    assert table.loc["Hb at the end", "difference"] == pytest.approx(np.median([4.0, 0.0]))
+    assert table.loc["Hb at the end", "p_better"] == pytest.approx(0.75)  # one better, one tie
+    assert table.loc["P(rise > 1 in 2 weeks)", "alternative_value"] == 0.5
+    assert table.loc["P(Hb > 12)", "difference"] == 0.5
+    to10 = table.loc["days to Hb >= 10"]
+    assert to10["alternative_value"] is None or np.isnan(to10["alternative_value"])  # median of (10 d, never)
+    assert to10["p_better"] == pytest.approx(0.75)  # reached vs never, and a tie of two nevers

@@ -149,7 +149,7 @@ def test_blood_product_doses_in_units_from_data_and_regimens(tmp_path):
                         iiv=False, residual=False)
     anc = lambda d: d.loc[(d["DVID"] == model.card.output_dvid["ANC"]) & (d["EVID"] == 0), "IPRED"].to_numpy()  # noqa
     a, b = anc(base), anc(sim)
-    assert b[0] == pytest.approx(a[0], rel=1e-10)  # before the transfusion (and at 240 h: pre-dose sample)
+    assert b[0] == pytest.approx(a[0], rel=1e-6)  # before the transfusion (solver tolerance: its steps differ)
     assert b[2] - a[2] == pytest.approx(6.0, rel=1e-3)  # 3 units x 2 x10^9/L added at 240 h
     assert sim.attrs["dose_units"] == {5: "unit"}
     # the same doses read from a data file declared in units

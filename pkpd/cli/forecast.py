@@ -46,8 +46,10 @@ def run(args) -> int:
         raise PkpdError(f"--draws must be >= 2, got {args.draws}")
     outputs = plan_outputs("forecast", [("--json", args.json), ("--plot", args.plot)],
                            [("--data", args.data), ("--prior", args.prior)], no_clobber=args.no_clobber)
+    from ..config import enable_compilation_cache
     from ..forecasting.forecast import forecast
 
+    enable_compilation_cache()  # a warm second run reuses the compiled solves
     data = read_data(args)
     if args.ids:
         wanted = [v.strip() for v in args.ids.split(",") if v.strip()]

@@ -21,7 +21,10 @@ one side not recovered is :math:`\pm\infty` and counts in :math:`P(\text{better}
 quantiles may be infinite (reported as null).
 
 The endpoints follow the lineage table (:data:`pkpd.forecasting.lineage.LINEAGES`): grade
-bounds (CTCAE v5), the first recovery level, the transfusion thresholds.
+bounds (CTCAE v5), the first recovery level, the transfusion thresholds; for haemoglobin
+also what an ESA is judged by (:mod:`pkpd.forecasting.lineage_endpoints`): Hb at the end
+of the forecast, days from the cycle start to Hb >= 10 and >= 11, and the label's rules
+P(rise > 1 g/dL in 2 weeks) and P(Hb > 12).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import pandas as pd
 from ..errors import PkpdError
 from . import endpoints as ep
 from .lineage import get_lineage
+from .lineage_endpoints import ESA_RISE_G_DL, ESA_TARGETS_G_DL, ESA_UPPER_G_DL, ESA_WINDOW_H, rise_within
 
 __all__ = ["Comparison", "compare", "compare_regimens", "COMPARISON_COLUMNS"]
 
@@ -60,6 +64,17 @@ def _endpoint_draws(t, y, after, lineage) -> list[tuple[str, str, str, str, np.n
         out.append((f"days to recovery >= {level:g}", "d", "lower", "continuous", days))
     for r in spec.transfusion:
         out.append((f"P(nadir < {r:g})", "probability", "lower", "event", (value < r).astype(float)))
+    if spec.name == "HGB":  # what an ESA is given for, and the label's safety rules
+        start = max(float(after), float(t[0]))
+        out.append(("Hb at the end", spec.unit, "higher", "continuous", y[:, -1]))
+        for level in ESA_TARGETS_G_DL:
+            reach = ep.recovery_time(t, y, level, after_nadir=False, after=start)
+            out.append((f"days to Hb >= {level:g}", "d", "lower", "continuous",
+                        np.where(np.isnan(reach), np.inf, (reach - start) / 24.0)))
+        rise = rise_within(t, y, ESA_WINDOW_H, start=start) > ESA_RISE_G_DL
+        out.append((f"P(rise > {ESA_RISE_G_DL:g} in 2 weeks)", "probability", "lower", "event", rise.astype(float)))
+        above = np.any(y[:, t >= start] > ESA_UPPER_G_DL, axis=-1)
+        out.append((f"P(Hb > {ESA_UPPER_G_DL:g})", "probability", "lower", "event", above.astype(float)))
     return out
 
 
