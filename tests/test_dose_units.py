@@ -161,3 +161,16 @@ def test_blood_product_doses_in_units_from_data_and_regimens(tmp_path):
     assert anc(plain)[2] - a[2] == pytest.approx(3.0, rel=1e-3)
     with pytest.raises(ModelError, match="CMT 5"):
         pkpd.simulate(model, pkpd.read_dataset(design, dose_unit={5: "IU"}), iiv=False, residual=False)
+
+
+def test_product_units_are_not_mixed_with_state_unit_doses_in_the_same_compartment(tmp_path):
+    text = (CARD_DIR / "quartino2014_docetaxel_gcsf.toml").read_text()
+    old = 'system = "gcsf_feedback_neutrophils"\n'
+    text = text.replace(old, old + 'cmt = { Circ = 5 }\nproduct = { name = "granulocytes", unit_amount = 2.0 }\n')
+    path = tmp_path / "mix_test.toml"
+    path.write_text(text.replace('name = "quartino2014_docetaxel_gcsf"', 'name = "mix_test"'))
+    model = load_model(path)
+    inputs, used = model.drug_inputs({1: "mg", 5: "mg"})  # the data dose CMT 5 in x10^9/L
+    assert "granulocytes" not in inputs and 5 not in used
+    inputs, used = model.drug_inputs({1: "mg", 5: "unit"})
+    assert inputs["granulocytes"].dose_unit == "unit" and used[5] == "unit"

@@ -222,7 +222,8 @@ class Model:
         a compartment's stored unit when it is declared, else mg when the drug's dose unit
         converts from mg, else the base unit of the drug's own dose unit (IU for an
         epoetin card). A product of the card (``[[pd]] product``: platelets in ``unit``,
-        epoetin in IU) is dosed into its ``target`` state. The second value lists the units of the
+        epoetin in IU) is dosed into its ``target`` state; a blood product is left out when the
+        data already dose that compartment in the state's own unit (declare it in ``unit``). The second value lists the units of the
         compartments the records use, to be merged into the frame's ``dose_units`` for :meth:`prepare`. Schema-1
         cards have no named drugs: ``({}, {})`` (their regimens go to CMT 1 in mg).
         """
@@ -248,6 +249,11 @@ class Model:
         for spec in (self.card.pds if self.card.schema == 2 else ()):
             if spec.product:
                 cmt = spec.cmt[spec.product_target]
+                if spec.product_unit_amount and cmt in declared and \
+                        units.stored_amount_unit(declared[cmt])[0] != "unit":
+                    # the data dose this state in its own unit: product units added to the same compartment
+                    # would rescale those doses too, so regimens cannot add them (declare CMT in 'unit')
+                    continue
                 unit = "unit" if spec.product_unit_amount else (
                     units.stored_amount_unit(declared[cmt])[0] if cmt in declared else
                     units.stored_amount_unit(spec.product_dose_unit)[0])
