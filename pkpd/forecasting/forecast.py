@@ -557,13 +557,18 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys):
     return jax.vmap(one)(pdata, keys)
 
 
+#: Output block of the trajectory solves (``save_chunk`` of :func:`pkpd.solve.solver.solve_subject`):
+#: a dense hourly grid is saved block by block instead of once per dose segment.
+SAVE_CHUNK = 128
+
+
 @eqx.filter_jit
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
     """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``)."""
     order = jnp.full_like(t, jnp.inf)
 
     def one(th):
-        out, ok, _ = predict_outputs(dynamics, tdata, th, t, order, solver)
+        out, ok, _ = predict_outputs(dynamics, tdata, th, t, order, solver, SAVE_CHUNK)
         return {o: out[o] for o in outputs}, ok
 
     n = next(iter(theta.values())).shape[0]
@@ -1102,7 +1107,8 @@ def _project(context: dict, names, diagnostics) -> Forecast:
         grid = np.append(grid, end)
     t_real = grid.size
     t_bucket = bucket_size(t_real)
-    tgrid = np.concatenate([grid, np.full(t_bucket - t_real, grid[-1])])
+    # padding continues the grid by 1e-3 h steps: the block-wise save needs strictly increasing times
+    tgrid = np.concatenate([grid, grid[-1] + 1e-3 * np.arange(1, t_bucket - t_real + 1)])
     design = pd.concat(frames, ignore_index=True)
     tids = list(pd.unique(design["ID"]))
     n_traj = len(tids)

@@ -209,7 +209,7 @@ def _diffeqsolve(system, theta, ctx, y0, t0, t1, ts, options: SolverOptions):
 
 
 def solve_subject(system, data: dict, theta: dict, ts, options: SolverOptions = SolverOptions(), order=None,
-                  return_context: bool = False, y0=None):
+                  return_context: bool = False, y0=None, save_chunk: int | None = None):
     """Solve one subject's flat ODE states at sorted times ``ts`` ``[N]``.
 
     Parameters
@@ -239,6 +239,16 @@ def solve_subject(system, data: dict, theta: dict, ts, options: SolverOptions = 
 
     ``y0`` (flat states) replaces the no-drug steady state as the state at the subject's
     start time (for example to continue from a known state).
+
+    ``save_chunk`` (static) is for long, dense output grids (forecast trajectories):
+    with state doses, each segment's ``diffeqsolve`` otherwise saves at every output
+    time (those outside the segment clipped to its ends), so the saving work grows as
+    outputs x segments; with ``save_chunk = C`` the outputs are cut into blocks of
+    ``C`` and the integration also restarts at each block's first time, so every
+    piece saves only its own block (outputs + segments x C). It needs strictly
+    increasing ``ts`` (orders may differ; an output it could not place, which only
+    repeated times can cause, makes a failed solve, never a wrong value). ``None`` or
+    ``len(ts) <= C``: one block.
     """
     ctx = system.setup(data, theta)
     if options.solver == GRID_SOLVER:
@@ -253,19 +263,21 @@ def solve_subject(system, data: dict, theta: dict, ts, options: SolverOptions = 
     if not system.has_state_doses:
         ys, ok, steps = _diffeqsolve(system, theta, ctx, y0, t0, t1, ts, options)
     else:
-        ys, ok, steps = _solve_segments(system, theta, ctx, y0, t0, t1, ts, order, options)
+        ys, ok, steps = _solve_segments(system, theta, ctx, y0, t0, t1, ts, order, options, save_chunk)
     ok = ok & jnp.all(jnp.isfinite(ys))
     out = (jnp.where(ok, ys, jnp.nan), ok, steps)
     return (*out, ctx) if return_context else out
 
 
-def _solve_segments(system, theta, ctx, y0, t0, t1, ts, order, options):
+def _solve_segments(system, theta, ctx, y0, t0, t1, ts, order, options, save_chunk=None):
     """Integrate between the state jumps (see the module docstring)."""
     jt, jo, ji, ja = system.state_jumps(ctx)
     order = jnp.full_like(ts, jnp.inf) if order is None else jnp.asarray(order, ts.dtype)
     # Segment of each output: the number of jumps whose key (time, order) is <= its key.
     before = (jt[None, :] < ts[:, None]) | ((jt[None, :] == ts[:, None]) & (jo[None, :] <= order[:, None]))
     segment = jnp.sum(before, axis=1)
+    if save_chunk is not None and ts.shape[0] > int(save_chunk):
+        return _solve_blocks(system, theta, ctx, y0, t0, t1, ts, segment, (jt, jo, ji, ja), options, int(save_chunk))
     jt_c = jnp.clip(jt, t0, t1)
     starts = jnp.concatenate([t0[None], jt_c])
     ends = jnp.concatenate([jt_c, t1[None]])
@@ -288,6 +300,55 @@ def _solve_segments(system, theta, ctx, y0, t0, t1, ts, order, options):
     return out, ok, steps
 
 
+def _solve_blocks(system, theta, ctx, y0, t0, t1, ts, segment, jumps, options, size):
+    """:func:`_solve_segments` with the outputs cut into blocks of ``size`` (``save_chunk``).
+
+    Pieces are the segments further cut at each block's first output time (a zero
+    jump ordered before any record at that time); a piece saves only its block's
+    outputs, and an output takes the value of the piece of its block and its segment.
+    """
+    jt, jo, ji, ja = jumps
+    n = ts.shape[0]
+    n_blocks = -(-n // size)
+    pad = n_blocks * size - n
+    ts_p = jnp.concatenate([ts, jnp.full((pad,), ts[-1], ts.dtype)])
+    seg_p = jnp.concatenate([segment, jnp.full((pad,), -1, segment.dtype)])  # padding: written by no piece
+    bt = ts_p[size::size][: n_blocks - 1]
+    nb = bt.shape[0]
+    pt = jnp.concatenate([jt, bt])
+    po = jnp.concatenate([jnp.asarray(jo, ts.dtype), jnp.full((nb,), -jnp.inf, ts.dtype)])
+    perm = jnp.lexsort((po, pt))
+    is_block = jnp.concatenate([jnp.zeros(jt.shape, bool), jnp.ones((nb,), bool)])[perm]
+    pt_c = jnp.clip(pt[perm], t0, t1)
+    starts = jnp.concatenate([t0[None], pt_c])
+    ends = jnp.concatenate([pt_c, t1[None]])
+    index = jnp.concatenate([jnp.zeros((1,), ji.dtype), jnp.concatenate([ji, jnp.zeros((nb,), ji.dtype)])[perm]])
+    amounts = jnp.concatenate([jnp.zeros((1,), ja.dtype), jnp.concatenate([ja, jnp.zeros((nb,), ja.dtype)])[perm]])
+    block = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(is_block).astype(jnp.int32)])
+    seg_of_piece = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(~is_block).astype(jnp.int32)])
+    n_states = y0.shape[0]
+    out0 = jnp.zeros((n_blocks * size, n_states), y0.dtype)
+
+    def body(carry, inp):
+        y, out, written, ok, steps = carry
+        a, b, idx, amt, blk, seg = inp
+        y = y.at[idx].add(amt)
+        lo = (blk * size).astype(jnp.int32)
+        tb = jax.lax.dynamic_slice(ts_p, (lo,), (size,))
+        ys, ok_k, n_k = _diffeqsolve(system, theta, ctx, y, a, b, jnp.concatenate([jnp.clip(tb, a, b), b[None]]),
+                                     options)
+        mine = jax.lax.dynamic_slice(seg_p, (lo,), (size,)) == seg
+        cur = jax.lax.dynamic_slice(out, (lo, jnp.int32(0)), (size, n_states))
+        out = jax.lax.dynamic_update_slice(out, jnp.where(mine[:, None], ys[:-1], cur), (lo, jnp.int32(0)))
+        was = jax.lax.dynamic_slice(written, (lo,), (size,))
+        written = jax.lax.dynamic_update_slice(written, was | mine, (lo,))
+        return (ys[-1], out, written, ok & ok_k, steps + n_k), None
+
+    carry0 = (y0, out0, jnp.zeros((n_blocks * size,), bool), jnp.asarray(True), jnp.asarray(0))
+    (_, out, written, ok, steps), _ = jax.lax.scan(body, carry0, (starts, ends, index, amounts, block, seg_of_piece))
+    return out[:n], ok & jnp.all(written[:n]), steps
+
+
 def solve_batch(system, data: dict, theta: dict, ts, options: SolverOptions = SolverOptions(), order=None):
     """:func:`solve_subject` vmapped over subjects: ``theta`` values ``[S]``, ``ts`` ``[S, N]``.
 
@@ -305,7 +366,8 @@ def solve_batch_jit(system, data, theta, ts, options=SolverOptions(), order=None
 
 
 @eqx.filter_jit
-def predict_outputs(system, data: dict, theta: dict, t, order, options: SolverOptions = SolverOptions()):
+def predict_outputs(system, data: dict, theta: dict, t, order, options: SolverOptions = SolverOptions(),
+                    save_chunk: int | None = None):
     """Model outputs at padded evaluation keys for a batch of subjects (jitted, vmapped).
 
     Parameters
@@ -322,7 +384,8 @@ def predict_outputs(system, data: dict, theta: dict, t, order, options: SolverOp
     """
 
     def one(d, th, t_s, o_s):
-        states, ok, steps, ctx = solve_subject(system, d, th, t_s, options, o_s, return_context=True)
+        states, ok, steps, ctx = solve_subject(system, d, th, t_s, options, o_s, return_context=True,
+                                               save_chunk=save_chunk)
         return system.observe(t_s, o_s, states, th, ctx), ok, steps
 
     return jax.vmap(one)(data, theta, t, order)
