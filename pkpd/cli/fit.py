@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("data", help="NONMEM-style CSV")
     p.add_argument("--model", required=True, help="model card name or path (see `pkpd models`)")
-    p.add_argument("--method", default="nuts", choices=["nuts", "svi", "map"])
+    p.add_argument("--method", default="nuts", choices=["nuts", "svi", "map", "laplace"])
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--samples", type=int, default=1000)
@@ -30,6 +30,8 @@ def add_parser(subparsers) -> None:
                    help="NUTS starting point: the prior values, or a quick SVI fit (median; variances as mass)")
     p.add_argument("--prior-width", type=float, default=0.5, help="SD of the log-normal priors on typical values")
     p.add_argument("--fix", help="parameters to hold at the card's values, e.g. gamma,MTT")
+    p.add_argument("--iiv", help="parameters with estimated IIV, e.g. Circ0,slope, or 'none' for a fixed-effects "
+                   "fit (needed by --method laplace); default: those of the card")
     p.add_argument("--censoring", choices=["M3", "M4", "drop"], default="M3")
     p.add_argument("--guide", choices=["normal", "mvn", "lowrank"], default="normal", help="SVI guide")
     p.add_argument("--steps", type=int, default=20000, help="SVI/MAP optimisation steps (upper bound)")
@@ -63,6 +65,10 @@ def run(args) -> int:
     from ..solve.solver import SolverOptions
 
     fixed = tuple(x.strip() for x in (args.fix or "").split(",") if x.strip())
+    iiv = {}
+    if args.iiv is not None:
+        iiv["iiv"] = () if args.iiv.strip().lower() == "none" else tuple(
+            x.strip() for x in args.iiv.split(",") if x.strip())
     solver = SolverOptions(solver="rk4-grid") if args.solver == "rk4-grid" else SolverOptions(rtol=1e-6, atol=1e-8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -71,7 +77,7 @@ def run(args) -> int:
                      max_tree_depth=args.max_tree_depth, guide=args.guide, svi_steps=args.steps, init=args.init,
                      parameterisation=args.parameterisation,
                      progress=not args.no_progress, covariance=args.covariance, prior_width=args.prior_width,
-                     fixed=fixed, censoring=args.censoring, solver=solver)
+                     fixed=fixed, censoring=args.censoring, solver=solver, **iiv)
     from ..io import atomic_path
 
     with atomic_path(out.path, ".nc", overwrite=not args.no_clobber) as tmp:
