@@ -28,6 +28,7 @@ _EXPORTS = {
     "predict_pk": ".model.pk.predict",
     "recommend_dose": ".forecasting.recommend",
     "Comparison": ".forecasting.compare", "compare_regimens": ".forecasting.compare",
+    "Plan": ".forecasting.planner", "plan": ".forecasting.planner",
     "Regimen": ".dosing.regimen", "parse_regimen": ".dosing.regimen", "DrugInput": ".dosing.regimen",
     "System": ".model.system", "Route": ".model.system",
     "simulate": ".stats.simulate",
@@ -73,6 +74,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .forecasting.compare import compare_regimens as compare_regimens
     from .forecasting.forecast import Forecast as Forecast
     from .forecasting.forecast import forecast as forecast
+    from .forecasting.planner import Plan as Plan
+    from .forecasting.planner import plan as plan
     from .forecasting.recommend import recommend_dose as recommend_dose
     from .infer.fit import Fit as Fit
     from .infer.fit import fit as fit

@@ -38,7 +38,7 @@ import os
 import sys
 
 # Command modules, in the order `pkpd --help` lists them.
-_COMMANDS = ["demo", "check", "pk", "models", "simulate", "fit", "forecast", "report"]
+_COMMANDS = ["demo", "check", "pk", "models", "simulate", "fit", "forecast", "plan", "report"]
 
 #: XLA log lines dropped from the CLI's standard error (see the module docstring).
 XLA_NOISE = (b"circular simplification loop",)

@@ -46,6 +46,29 @@ def parse_values(text: str | None, option: str) -> dict:
     return out
 
 
+def read_patients(args):
+    """The ``--data`` of ``forecast``/``plan`` with ``--ids`` and ``--until`` applied, and the
+    ``--covariate NAME=VALUE`` values (a dict)."""
+    from ..errors import PkpdError
+
+    data = read_data(args)
+    if args.ids:
+        wanted = [v.strip() for v in args.ids.split(",") if v.strip()]
+        known = {str(i): i for i in data.ids}
+        unknown = [v for v in wanted if v not in known]
+        if unknown:
+            raise PkpdError(f"--ids: unknown patient ID(s) {unknown} (the data have {list(known)[:20]})")
+        data = data.subset([known[v] for v in wanted])
+    if args.until:
+        from ..forecasting.forecast import parse_horizon
+
+        data = data.until(parse_horizon(args.until))
+    covariates = {}
+    for text in args.covariate or ():
+        covariates.update(parse_values(text, "--covariate"))
+    return data, covariates
+
+
 def example_data() -> Path:
     """The shipped example data set (``data/example.csv`` of a checkout, else the package data)."""
     from importlib import resources

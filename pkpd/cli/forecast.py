@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_data_options, parse_values, read_data
+from ._common import add_data_options, read_patients
 from ._outputs import add_output_options, plan_outputs
 from ..errors import PkpdError
 
@@ -50,21 +50,7 @@ def run(args) -> int:
     from ..forecasting.forecast import forecast
 
     enable_compilation_cache()  # a warm second run reuses the compiled solves
-    data = read_data(args)
-    if args.ids:
-        wanted = [v.strip() for v in args.ids.split(",") if v.strip()]
-        known = {str(i): i for i in data.ids}
-        unknown = [v for v in wanted if v not in known]
-        if unknown:
-            raise PkpdError(f"--ids: unknown patient ID(s) {unknown} (the data have {list(known)[:20]})")
-        data = data.subset([known[v] for v in wanted])
-    if args.until:
-        from ..forecasting.forecast import parse_horizon
-
-        data = data.until(parse_horizon(args.until))
-    covariates = {}
-    for text in args.covariate or ():
-        covariates.update(parse_values(text, "--covariate"))
+    data, covariates = read_patients(args)
     if args.compare:
         if not args.regimen or len(args.regimen) < 2:
             raise PkpdError("--compare needs at least two --regimen options (the first is the reference)")
