@@ -260,6 +260,28 @@ def test_recommend_dose(patient):
         recommend_dose(CARD, ds)
 
 
+def test_recommend_dose_with_several_limits(patient):
+    """Several limits at once: the recommended dose meets each (here two ANC grades; the same code
+    serves limits on different lineages), i.e. it is the smaller of the two single-limit doses, and
+    each limit's risk has its column."""
+    ds = cut(patient["sim"], 14)
+    doses = [40, 60, 75, 85, 100]
+    both = recommend_dose(CARD, ds, candidates=doses, target={("ANC", 4): 0.6, ("ANC", 3): 0.9}, start=504.0, **KW)
+    g4 = recommend_dose(CARD, ds, candidates=doses, target=0.6, grade=4, start=504.0, **KW)
+    g3 = recommend_dose(CARD, ds, candidates=doses, target=0.9, grade=3, start=504.0, **KW)
+    np.testing.assert_allclose(both["p_ANC_g4"], g4["p_grade"])
+    np.testing.assert_allclose(both["p_ANC_g3"], g3["p_grade"])
+    singles = [r.attrs["recommended"] for r in (g4, g3)]
+    expected = None if None in singles else min(singles)
+    assert both.attrs["recommended"] == expected
+    assert list(both["acceptable"]) == [bool(a and b) for a, b in zip(g4["acceptable"], g3["acceptable"])]
+    assert "P(ANC grade >= 4) <= 0.6 and P(ANC grade >= 3) <= 0.9" in both.attrs["message"]
+    with pytest.raises(PkpdError, match="probability"):
+        recommend_dose(CARD, ds, candidates=doses, target={"ANC": 1.5}, start=504.0, **KW)
+    with pytest.raises(PkpdError, match="grade 4 of HGB"):
+        recommend_dose(CARD, ds, candidates=doses, target={("HGB", 4): 0.1}, start=504.0, **KW)
+
+
 def run_cli(argv):
     """``pkpd.cli.main``, also before ``forecast`` is registered in ``_COMMANDS``."""
     from pkpd import cli

@@ -33,6 +33,28 @@ def _risk(fc, grade: int, lineage: str) -> np.ndarray:
     return out
 
 
+def _limits(target, lineage, grade) -> list[tuple[str, int, float]]:
+    """``[(lineage, grade, target)]`` from ``recommend_dose``'s ``target``/``lineage``/``grade``."""
+    items = target.items() if isinstance(target, dict) else [((lineage, grade), target)]
+    limits = []
+    for key, t in items:
+        lin, g = key if isinstance(key, tuple) else (key, None)
+        spec = get_lineage(lin)
+        g = min(int(grade), spec.max_grade) if g is None else int(g)
+        if g not in spec.grades:
+            raise PkpdError(f"grade {g!r} of {spec.name} is not assigned from a value (grades {sorted(spec.grades)})")
+        try:
+            t = float(t)
+        except (TypeError, ValueError):
+            t = float("nan")
+        if not 0 <= t <= 1:
+            raise PkpdError(f"target must be a probability in [0, 1], got {t!r} for {spec.name}")
+        limits.append((spec.name, g, t))
+    if not limits:
+        raise PkpdError("target: give at least one limit")
+    return limits
+
+
 def _regimen(dose: float, unit: str, duration: str, start: float) -> str:
     return f"{dose:g} {unit} {duration} @{start:g}h"
 
@@ -57,11 +79,15 @@ def recommend_dose(prior, patient, *, candidates=None, dose_range=None, unit="mg
     start : float or str, optional
         Start of the next cycle (h, or ``"21d"``); default: the last dose in the data + 21 d
         (the latest over the patients).
-    target : float
-        Acceptable probability of a nadir of grade ``grade`` or worse.
+    target : float or dict
+        Acceptable probability of a nadir of grade ``grade`` or worse of ``lineage``; or
+        several limits at once, every one of which the dose must meet: a dict
+        ``{lineage: target}`` (grade ``grade``, capped at the lineage's highest) or
+        ``{(lineage, grade): target}``, e.g. ``{"ANC": 0.2, ("PLT", 4): 0.1}`` for
+        P(grade 4 neutropenia) <= 0.2 and P(PLT < 25) <= 0.1.
     lineage : str
-        The lineage whose toxicity is limited (grade bounds from the lineage table,
-        :data:`pkpd.forecasting.lineage.LINEAGES`).
+        The lineage whose toxicity is limited when ``target`` is a number (grade bounds from
+        the lineage table, :data:`pkpd.forecasting.lineage.LINEAGES`).
     grade : int
         CTCAE grade whose risk is limited (``P(nadir grade >= grade)``); at most the
         lineage's highest grade assigned from a value (3 for HGB).
@@ -75,19 +101,16 @@ def recommend_dose(prior, patient, *, candidates=None, dose_range=None, unit="mg
     -------
     pandas.DataFrame
         One row per patient × dose: ``id``, ``dose``, ``unit``, ``regimen``, ``p_grade``
-        (``P(grade >= grade)``), ``acceptable`` and ``recommended`` (bool). ``.attrs``
+        (``P(grade >= grade)``; with several limits the largest ratio of risk to its
+        target decides and each risk has its column ``p_<lineage>_g<grade>``),
+        ``acceptable`` and ``recommended`` (bool). ``.attrs``
         holds ``"recommended"`` (the dose, or None when no dose qualifies; a dict
         ID -> dose with several patients) and ``"message"``. With ``return_forecast``,
         ``(table, forecast)``.
     """
     if (candidates is None) == (dose_range is None):
         raise PkpdError("give either candidates (a list of doses) or dose_range (low, high)")
-    if not (0 <= float(target) <= 1):
-        raise PkpdError(f"target must be a probability in [0, 1], got {target!r}")
-    spec = get_lineage(lineage)
-    if int(grade) not in spec.grades:
-        raise PkpdError(f"grade {grade!r} of {spec.name} is not assigned from a value "
-                        f"(grades {sorted(spec.grades)})")
+    limits = _limits(target, lineage, grade)
     if candidates is not None:
         doses = sorted({float(d) for d in candidates})
         if not doses or any(not (math.isfinite(d) and d > 0) for d in doses):
@@ -115,39 +138,53 @@ def recommend_dose(prior, patient, *, candidates=None, dose_range=None, unit="mg
     names = [f"{d:g} {unit}" for d in doses]
     regimens = [_regimen(d, unit, duration, start) for d in doses]
     forecast_kwargs.setdefault("ready", ())
-    fc = forecast(prior, ds, regimens, method=method, lineage=lineage, regimen_names=names, **forecast_kwargs)
-    risk = _risk(fc, int(grade), lineage)
-    # per patient: dose -> P(grade >= grade)
-    results = [{d: float(risk[i, k]) for k, d in enumerate(doses)} for i in range(len(fc.ids))]
+    lineages = list(dict.fromkeys(lin for lin, _, _ in limits))
+    fc = forecast(prior, ds, regimens, method=method, lineage=lineages, regimen_names=names, **forecast_kwargs)
+
+    def risks(f, i, k):
+        return tuple(float(_risk(f, g, lin)[i, k]) for lin, g, _ in limits)
+
+    def ok(r):
+        return all(p <= t for p, (_, _, t) in zip(r, limits))
+
+    # per patient: dose -> (P(grade >= g) of each limit)
+    results = [{d: risks(fc, i, k) for k, d in enumerate(doses)} for i in range(len(fc.ids))]
     if dose_range is not None:
         tol = (hi - lo) / 100 if tol is None else float(tol)
         for i, res in enumerate(results):
-            a, b = lo, hi  # invariant: risk(a) <= target < risk(b)
-            if res[lo] > target or res[hi] <= target:
+            a, b = lo, hi  # invariant: every limit met at a, some limit broken at b (risks non-decreasing in dose)
+            if not ok(res[lo]) or ok(res[hi]):
                 continue
             while b - a > tol:
                 mid = 0.5 * (a + b)
                 proj = fc.project(_regimen(mid, unit, duration, start), [f"{mid:g} {unit}"])
-                res[mid] = float(_risk(proj, int(grade), lineage)[i, 0])
-                a, b = (mid, b) if res[mid] <= target else (a, mid)
+                res[mid] = risks(proj, i, 0)
+                a, b = (mid, b) if ok(res[mid]) else (a, mid)
     rows = []
     recommended = {}
+    columns = [f"p_{lin}_g{g}" for lin, g, _ in limits]
     for pid, res in zip(fc.ids, results):
-        ok = [d for d in res if res[d] <= target]
-        recommended[pid] = max(ok) if ok else None
+        good = [d for d in res if ok(res[d])]
+        recommended[pid] = max(good) if good else None
         for d in sorted(res):
-            rows.append({"id": pid, "dose": d, "unit": unit, "regimen": _regimen(d, unit, duration, start),
-                         "p_grade": res[d], "acceptable": bool(res[d] <= target), "recommended": recommended[pid] == d})
-    out = pd.DataFrame(rows, columns=["id", "dose", "unit", "regimen", "p_grade", "acceptable", "recommended"])
+            worst = max(range(len(limits)), key=lambda j: res[d][j] / max(limits[j][2], 1e-12))
+            row = {"id": pid, "dose": d, "unit": unit, "regimen": _regimen(d, unit, duration, start),
+                   "p_grade": res[d][worst], "acceptable": ok(res[d]), "recommended": recommended[pid] == d}
+            if len(limits) > 1:
+                row.update(zip(columns, res[d]))
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=["id", "dose", "unit", "regimen", "p_grade", "acceptable", "recommended"]
+                       + (columns if len(limits) > 1 else []))
     msgs = []
+    rule = " and ".join(f"P({lin} grade >= {g}) <= {t:g}" for lin, g, t in limits)
     for pid, d in recommended.items():
+        res = results[fc.ids.index(pid)]
         if d is None:
-            res = results[fc.ids.index(pid)]
-            msgs.append(f"patient {pid}: no dose has P(grade >= {grade}) <= {target:g} "
-                        f"(lowest dose {min(res):g} {unit}: {res[min(res)]:.2f})")
+            low = ", ".join(f"{p:.2f}" for p in res[min(res)])
+            msgs.append(f"patient {pid}: no dose has {rule} (lowest dose {min(res):g} {unit}: {low})")
         else:
-            msgs.append(f"patient {pid}: {d:g} {unit} (P(grade >= {grade}) = "
-                        f"{results[fc.ids.index(pid)][d]:.2f} <= {target:g})")
+            got = ", ".join(f"{p:.2f}" for p in res[d])
+            msgs.append(f"patient {pid}: {d:g} {unit} ({rule}: {got})")
     out.attrs["recommended"] = recommended[fc.ids[0]] if len(fc.ids) == 1 else recommended
     out.attrs["message"] = "; ".join(msgs)
     return (out, fc) if return_forecast else out
