@@ -22,6 +22,7 @@ from .pd.granulopoiesis import (
     MelhemGranulopoiesis,
     ObservedGCSF,
 )
+from .pd.marrow import FornariMarrow
 from .pd.thrombopoiesis import FribergPlatelets, PlateletLifespan
 from .pk.closed_form import _dose_quantity
 from .pk.compartmental import CompartmentalPK
@@ -46,6 +47,8 @@ PD_SYSTEMS = {
     "red_cell_lifespan": RedCellLifespan,
     "endogenous_epo": EndogenousEPO,
     "epoetin_erythropoiesis": EpoetinErythropoiesis,
+    # whole marrow: shared progenitor pool feeding all lineages
+    "fornari_marrow": FornariMarrow,
 }
 
 
