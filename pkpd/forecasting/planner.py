@@ -226,7 +226,7 @@ class Plan:
                          f"{n_draws} posterior draws")
             for k, (p, reg) in enumerate(zip(self.plans, self.regimens)):
                 lines.append(f"  [{k + 1}] {p or 'none'}: {reg}")
-            width = 26
+            width = max(26, max(len(e) for e in rows["endpoint"]) + 2)
             head = f"  {'endpoint':<{width}}" + "".join(f"{'[' + str(k + 1) + ']':>22}" for k in range(len(self.plans)))
             lines.append(head)
             for (lin, endpoint), sub in rows.groupby(["lineage", "endpoint"], sort=False):
