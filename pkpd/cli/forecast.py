@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prior", required=True, help="model card name/path, or a saved fit (.nc)")
     p.add_argument("--data", required=True, help="patient data (NONMEM-style CSV; one or more IDs)")
     p.add_argument("--regimen", action="append", default=None,
-                   help='planned doses, e.g. "100 mg/m2 1h @504h"; repeat to compare alternatives')
+                   help='planned doses, e.g. "100 mg/m2 1h @504h", or "none" (only the doses in the data); '
+                        'repeat to compare alternatives')
     p.add_argument("--horizon", default="21d", help="forecast horizon after the last record/planned dose "
                    "(hours or e.g. 21d; default 21d)")
     p.add_argument("--method", choices=("nuts", "laplace"), default="nuts")

@@ -129,7 +129,8 @@ def parse_horizon(horizon) -> float:
 
 
 def _regimens(regimen, names) -> list[tuple[str, object]]:
-    """``[(name, Regimen or None)]`` from None, a string/Regimen, a list or a dict."""
+    """``[(name, Regimen or None)]`` from None, a string/Regimen, a list or a dict (``"none"``: no
+    planned doses, as None)."""
     from ..dosing.regimen import Regimen, parse_regimen
 
     def one(r):
@@ -138,7 +139,7 @@ def _regimens(regimen, names) -> list[tuple[str, object]]:
         if isinstance(r, Regimen):
             return r
         if isinstance(r, str):
-            return parse_regimen(r)
+            return None if r.strip().lower() == "none" else parse_regimen(r)
         raise PkpdError(f"a regimen must be a string or a Regimen, got {type(r).__name__}")
 
     if isinstance(regimen, dict):

@@ -17,7 +17,29 @@ Two component families (MODELS.md section 3):
         \frac{dCirc}{dt} &= k_{tr}\,T_n - k_s\,Circ \\
         \frac{dS}{dt} &= -\frac{\ln 2}{t_{1/2,surg}}\,S
 
-    (:math:`k_{prol} = k_{tr}`). The surgery state :math:`S` is 0 at baseline and is a
+    (:math:`k_{prol} = k_{tr}`). Option ``stimulation`` (default ``"none"``, the published
+    model) adds a second input ``stim`` (a thrombopoietin-receptor agonist's free concentration)
+    with stimulation :math:`S = S_{max} C/(SC_{50} + C)` (``emax``, Wang 2010's form) or
+    :math:`S = SLOP\cdot C` (``linear``), joined to the Friberg chain as Wang 2010 applies it to
+    the precursor production (:math:`k_{in}(1 + S)`): the flux out of ``Prol`` into the
+    maturation chain is amplified, the published feedback and self-renewal unchanged:
+
+    .. math::
+
+        \frac{dProl}{dt} = k_{tr}\,Prol\,[(1 - E)\,FB\,F_{surg} - 1], \qquad
+        \frac{dT_1}{dt} = k_{tr}\,[(1 + S)\,Prol - T_1]
+
+    A step in :math:`S` multiplies the flux into the chain at once by :math:`1 + S` (12.2
+    saturating, as Wang's production), and the count rises after the transit delay; the
+    feedback then lowers ``Prol``, so a constant :math:`S` returns the count to :math:`PLT_0`
+    in the long run (``Prol`` settles at :math:`PLT_0 k_s/(k_{tr}(1 + S))`). Two alternatives
+    were tried and rejected (romiplostim 3 ug/kg weekly x 4 from day 1 after oxaliplatin HIPEC,
+    typical patient): multiplying the self-renewal :math:`k_{prol}` by :math:`1 + S` (as the
+    surgery stimulus does) lets ``Prol`` grow at :math:`k_{tr} S` while drug is present (peak of
+    order 10^4 x 10^9/L); a set-point feedback :math:`(PLT_0 (1 + S)/Circ)^\gamma` (Wang's steady
+    state :math:`(1 + S) PLT_0`) still overshoots to about 2 x 10^3 x 10^9/L. The join is an
+    assumption (``models/oxaliplatin_romiplostim_platelets.toml``).
+    The surgery state :math:`S` is 0 at baseline and is a
     dose target: a record of amount 1 into ``Surgery`` at the time of surgery makes
     :math:`k_{prol}` jump by the factor ``SURG`` (2.09 published), which then decays
     back to 1 with half-life ``THSURG`` (8.42 d). Steady state without drug or surgery:
@@ -97,6 +119,16 @@ __all__ = ["FribergPlatelets", "PlateletLifespan", "STIMULATIONS"]
 STIMULATIONS = {"emax": ("Smax", "SC50"), "linear": ("SLOP",), "none": ()}
 
 
+def _stimulus(kind, conc, theta):
+    """TPO-receptor agonist stimulation :math:`S(C)` of the given ``kind`` (0 at ``C <= 0``)."""
+    c = jnp.maximum(conc, 0.0)
+    if kind == "emax":
+        return theta["Smax"] * c / (theta["SC50"] + c)
+    if kind == "linear":
+        return theta["SLOP"] * c
+    return jnp.zeros_like(c)
+
+
 class FribergPlatelets(Component):
     """Friberg platelet chain with random destruction ``ks`` and a surgery stimulus
     (Pérez-Ruixo 2016; module docstring).
@@ -109,14 +141,19 @@ class FribergPlatelets(Component):
         One of :data:`pkpd.model.pd.effects.DRUG_EFFECTS` (``"power"`` published).
     surgery : bool
         Include the surgery stimulus state ``Surgery`` (parameters ``SURG``, ``THSURG``).
+    stimulation : {"none", "emax", "linear"}
+        A TPO-receptor agonist amplifying the output of ``Prol`` by ``1 + S``
+        (input ``stim``; parameters ``Smax``, ``SC50`` or ``SLOP``; module docstring);
+        ``"none"`` (default) is the published model.
     output : str
         Name of the count signal (default ``"PLT"``).
     name : str
 
     Parameters read: ``PLT0`` (10^9/L), ``ktr``, ``ks`` (1/h), ``gamma``, the drug
     effect's, and with ``surgery`` ``SURG`` (factor on kprol at surgery) and ``THSURG``
-    (h). Input ``drug``; signal ``PLT``; dose targets ``Circ`` (transfusion, 10^9/L)
-    and ``Surgery`` (amount 1 at the time of surgery).
+    (h), with ``stimulation`` ``Smax, SC50`` or ``SLOP``. Input ``drug`` (and ``stim`` with
+    ``stimulation``); signal ``PLT``; dose targets ``Circ`` (transfusion, 10^9/L) and
+    ``Surgery`` (amount 1 at the time of surgery).
     """
 
     n_transit: int = eqx.field(static=True, default=3)
@@ -124,17 +161,20 @@ class FribergPlatelets(Component):
     surgery: bool = eqx.field(static=True, default=True)
     output: str = eqx.field(static=True, default="PLT")
     name: str = eqx.field(static=True, default="platelets")
+    stimulation: str = eqx.field(static=True, default="none")
 
     def __check_init__(self):
         if int(self.n_transit) < 1:
             raise ValueError(f"Invalid `n_transit`: got `{self.n_transit}`, must be >= 1.")
         if self.drug_effect not in DRUG_EFFECTS:
             raise ValueError(f"Invalid `drug_effect`: got `{self.drug_effect}`, must be one of {sorted(DRUG_EFFECTS)}.")
+        if self.stimulation not in STIMULATIONS:
+            raise ValueError(f"Invalid `stimulation`: got `{self.stimulation}`, must be one of {sorted(STIMULATIONS)}.")
 
     @property
     def parameter_names(self):
         names = ("PLT0", "ktr", "ks", "gamma", *DRUG_EFFECTS[self.drug_effect])
-        return names + (("SURG", "THSURG") if self.surgery else ())
+        return names + (("SURG", "THSURG") if self.surgery else ()) + STIMULATIONS[self.stimulation]
 
     @property
     def state_names(self):
@@ -143,7 +183,7 @@ class FribergPlatelets(Component):
 
     @property
     def inputs(self):
-        return ("drug",)
+        return ("drug",) if self.stimulation == "none" else ("drug", "stim")
 
     @property
     def signals(self):
@@ -152,6 +192,10 @@ class FribergPlatelets(Component):
     @property
     def dose_targets(self):
         return ("Circ", "Surgery") if self.surgery else ("Circ",)
+
+    def stimulus(self, conc, theta):
+        """:math:`S(C)` of the TPO-receptor agonist (0 without drug or without ``stimulation``)."""
+        return _stimulus(self.stimulation, conc, theta)
 
     def _pool(self, theta):
         return jnp.asarray(theta["PLT0"], dtype=float) * theta["ks"] / theta["ktr"]
@@ -171,13 +215,16 @@ class FribergPlatelets(Component):
         n = self.n_transit
         chain = y[: n + 1]
         circ = y[n + 1]
+        # Stimulation factor 1 + S (exactly 1 without a TPO-RA or without drug).
+        amplify = 1.0 + self.stimulus(inputs["stim"], theta) if self.stimulation != "none" else 1.0
         feedback = (plt0 / jnp.maximum(circ, CIRC_FLOOR)) ** theta["gamma"]
         growth = (1.0 - drug_effect(self.drug_effect, inputs["drug"], theta)) * feedback
         if self.surgery:
             s = y[n + 2]
             growth = growth * (1.0 + (theta["SURG"] - 1.0) * s)
         d_prol = ktr * chain[0] * (growth - 1.0)
-        d_transit = ktr * (chain[:-1] - chain[1:])
+        upstream = chain[:-1].at[0].multiply(amplify) if self.stimulation != "none" else chain[:-1]
+        d_transit = ktr * (upstream - chain[1:])
         # ktr*Tn - ks*Circ, written as deviations from the steady state (ktr*pool = ks*PLT0).
         d_circ = ktr * (chain[-1] - self._pool(theta)) - ks * (circ - plt0)
         parts = [d_prol[None], d_transit, d_circ[None]]
@@ -263,12 +310,7 @@ class PlateletLifespan(Component):
 
     def stimulus(self, conc, theta):
         """:math:`S(C)` (0 without drug)."""
-        c = jnp.maximum(conc, 0.0)
-        if self.stimulation == "emax":
-            return theta["Smax"] * c / (theta["SC50"] + c)
-        if self.stimulation == "linear":
-            return theta["SLOP"] * c
-        return jnp.zeros_like(c)
+        return _stimulus(self.stimulation, conc, theta)
 
     def initial_state(self, theta):
         _, _, _, p0, l0 = self.rates(theta)
