@@ -152,6 +152,20 @@ def test_block_wise_saving_equals_the_one_block_solve():
     assert bool(ok_ref[0]) and bool(ok[0])
     for name in ("ANC", "CONC:filgrastim"):
         np.testing.assert_allclose(np.asarray(got[name]), np.asarray(ref[name]), rtol=1e-8, atol=1e-12)
+    # Without state doses (closed-form PK only: one segment) the blocks give the same outputs too.
+    docetaxel = System(
+        components=(ClosedFormPK("3cmt", name="docetaxel"), Friberg(name="neutrophils")),
+        links=(("neutrophils", "drug", "docetaxel", "conc"),), link_scale=[1000 / 808],
+        outputs=(("ANC", "neutrophils", "ANC"),), output_scale=[1.0],
+        routes=(Route(1, "docetaxel", "central"),), route_scale=[1.0])
+    assert not docetaxel.has_state_doses
+    df1 = frame([(0.0, 180.0, 180.0, 1, 0, 0.0)], times)
+    th1 = {k: jnp.asarray([float(v)]) for k, v in {**DOCETAXEL, **KLOFT}.items()}
+    data1 = prepare_subjects(docetaxel, df1)
+    ref1, _, _ = predict_outputs(docetaxel, data1, th1, t, o, TIGHT)
+    got1, ok1, _ = predict_outputs(docetaxel, data1, th1, t, o, TIGHT, 16)
+    assert bool(ok1[0])
+    np.testing.assert_allclose(np.asarray(got1["ANC"]), np.asarray(ref1["ANC"]), rtol=1e-8)
     # Repeated times can leave an output unplaced: the solve is reported failed, never wrong.
     t_rep = jnp.asarray(np.concatenate([[0.0], np.repeat(times[1:40], 2)])[None, :])  # ts[15] == ts[16]
     _, ok_rep, _ = predict_outputs(system, data, th, t_rep, jnp.full_like(t_rep, jnp.inf), TIGHT, 16)

@@ -551,9 +551,12 @@ def summarise(draws, axis=0, interval=0.9, nan="not_reached"):
     if nan == "not_reached":
         med, lo, hi = _quantiles_not_reached(x, qs)
     elif nan == "omit":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
-            med, lo, hi = np.nanquantile(x, qs, axis=0)
+        if not np.isnan(x).any():  # numpy's nanquantile loops over the columns in Python
+            med, lo, hi = np.quantile(x, qs, axis=0)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+                med, lo, hi = np.nanquantile(x, qs, axis=0)
     else:
         raise PkpdError(f"nan must be 'not_reached' or 'omit', got {nan!r}")
     if np.ndim(med) == 0:

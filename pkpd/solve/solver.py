@@ -240,12 +240,14 @@ def solve_subject(system, data: dict, theta: dict, ts, options: SolverOptions = 
     ``y0`` (flat states) replaces the no-drug steady state as the state at the subject's
     start time (for example to continue from a known state).
 
-    ``save_chunk`` (static) is for long, dense output grids (forecast trajectories):
-    with state doses, each segment's ``diffeqsolve`` otherwise saves at every output
-    time (those outside the segment clipped to its ends), so the saving work grows as
-    outputs x segments; with ``save_chunk = C`` the outputs are cut into blocks of
-    ``C`` and the integration also restarts at each block's first time, so every
-    piece saves only its own block (outputs + segments x C). It needs strictly
+    ``save_chunk`` (static) is for long, dense output grids (forecast trajectories).
+    Saving ``N`` outputs in one ``diffeqsolve`` costs ``N`` iterations of diffrax's save
+    loop, each of which, under ``vmap``, touches the whole ``N``-row output buffer: the
+    cost grows as ``N^2``; with state doses every segment also saves at every output
+    (those outside it clipped to its ends). With ``save_chunk = C`` the outputs are cut
+    into blocks of ``C`` and the integration restarts at each block's first time, so
+    every piece saves only its own block into a ``C``-row buffer (measured: the README
+    G-CSF comparison's trajectories 15x faster, 1,536 outputs, C = 128). It needs strictly
     increasing ``ts`` (orders may differ; an output it could not place, which only
     repeated times can cause, makes a failed solve, never a wrong value). ``None`` or
     ``len(ts) <= C``: one block.
@@ -260,7 +262,12 @@ def solve_subject(system, data: dict, theta: dict, ts, options: SolverOptions = 
     ts = jnp.asarray(ts)
     t0 = jnp.minimum(data["start"], ts[0])
     t1 = jnp.maximum(ts[-1], t0 + 1e-6)
-    if not system.has_state_doses:
+    if not system.has_state_doses and save_chunk is not None and ts.shape[0] > int(save_chunk):
+        none = (jnp.zeros((0,), ts.dtype), jnp.zeros((0,), ts.dtype), jnp.zeros((0,), jnp.int32),
+                jnp.zeros((0,), y0.dtype))
+        ys, ok, steps = _solve_blocks(system, theta, ctx, y0, t0, t1, ts, jnp.zeros(ts.shape, jnp.int32), none,
+                                      options, int(save_chunk))
+    elif not system.has_state_doses:
         ys, ok, steps = _diffeqsolve(system, theta, ctx, y0, t0, t1, ts, options)
     else:
         ys, ok, steps = _solve_segments(system, theta, ctx, y0, t0, t1, ts, order, options, save_chunk)

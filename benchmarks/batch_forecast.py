@@ -1,0 +1,51 @@
+"""Batch forecasts: a ward of patients forecast in one call (issue "Throughput", deliverable 5).
+
+    python benchmarks/batch_forecast.py [--patients 40] [--method nuts laplace] [--calls 2]
+
+Virtual patients from the Kloft 2006 card (its IIV and residual error; docetaxel 100 mg/m2 1 h at
+time 0; BSA 1.8) with a week of daily ANC (days 0-7), forecast together by ``pkpd.forecast`` (500
+draws, 21-day horizon, the card as prior), then one of them alone. Prints the wall time of each call
+(the first compiles), split into inference and trajectories. Figures in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import pkpd
+
+CARD = "kloft2006_docetaxel"
+COV = {"BSA": 1.8, "SEX": 1, "PERF": 0, "PC": 0, "AAG": 1.34}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=40)
+    ap.add_argument("--method", nargs="+", default=["laplace", "nuts"], choices=("laplace", "nuts"))
+    ap.add_argument("--calls", type=int, default=2)
+    args = ap.parse_args()
+    pkpd.enable_x64()
+    sim = pkpd.simulate(CARD, "100 mg/m2 1h", args.patients, seed=20261130, times=np.arange(0.0, 8 * 24, 24.0),
+                        covariates=COV)
+    ward = pkpd.read_dataset(sim.drop(columns=["IPRED"]))
+    one = ward.subset([ward.ids[0]])
+    for method in args.method:
+        for label, data in ((f"{args.patients} patients", ward), ("1 patient", one)):
+            for k in range(args.calls):
+                t0 = time.perf_counter()
+                fc = pkpd.forecast(CARD, data, method=method, seed=k)
+                wall = time.perf_counter() - t0
+                d = fc.diagnostics
+                extra = ""
+                if method == "nuts":
+                    extra = (f"; mean leapfrog steps {np.mean(d['mean_steps']):.1f}, divergences "
+                             f"{int(np.sum(d['divergences']))}")
+                print(f"{method:8s} {label:12s} call {k + 1}: {wall:6.1f} s (inference {d['inference_s']:.1f} s, "
+                      f"trajectories {d['trajectory_s']:.1f} s){extra}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
