@@ -13,6 +13,7 @@ import importlib
 from ..errors import ModelError
 from .pd.base import PDSystem, PDSystemComponent
 from .pd.erythropoiesis import EndogenousEPO, EpoetinErythropoiesis, RedCellLifespan
+from .pd.engraftment import StiehlReconstitution
 from .pd.friberg import Friberg
 from .pd.granulopoiesis import (
     EndogenousGCSF,
@@ -49,6 +50,8 @@ PD_SYSTEMS = {
     "epoetin_erythropoiesis": EpoetinErythropoiesis,
     # whole marrow: shared progenitor pool feeding all lineages
     "fornari_marrow": FornariMarrow,
+    # transplant: stem-cell reconstitution (Stiehl / Marciniak-Czochra self-renewal model)
+    "stiehl_reconstitution": StiehlReconstitution,
 }
 
 
