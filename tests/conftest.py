@@ -24,3 +24,15 @@ def external():
     if not EXTERNAL.is_dir():
         pytest.skip(f"reference datasets not found at {EXTERNAL} (set PKPD_EXTERNAL to run this test)")
     return EXTERNAL
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop each test module's compiled programs when it ends: a worker runs many modules
+    (``--dist loadfile``) and JAX keeps every executable in memory otherwise (a worker grew to
+    6 GB), which the later, larger models (21-state marrow) then compile on top of. Programs
+    needed again come back from the persistent cache."""
+    yield
+    import jax
+
+    jax.clear_caches()
