@@ -904,8 +904,8 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
         Doses and observations so far of one or more patients (independent).
     regimen : None, str, Regimen, list or dict
         Planned doses added to every patient's data (amounts from their covariates, e.g.
-        BSA): None (only the doses in the data), one regimen, or alternatives (a list, or
-        a dict name -> regimen). ``@<start>`` gives the first dose time (h from time 0 of
+        BSA): None or ``"none"`` (only the doses in the data), one regimen, or alternatives
+        (a list, or a dict name -> regimen). ``@<start>`` gives the first dose time (h from time 0 of
         the data); a planned dose before the patient's last record is an error.
     horizon : float or str
         Hours (``504``) or ``"21d"``, ``"504h"``; the grid runs hourly from 0 to
