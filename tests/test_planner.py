@@ -145,6 +145,17 @@ def test_json_is_valid_and_the_validator_catches_errors(planned, tmp_path):
     assert (tmp_path / "plan.png").stat().st_size > 10_000
 
 
+def test_readiness_beyond_the_horizon_is_not_available():
+    """With a 14-day horizon after the last planned dose, the delayed plan's readiness day (its start
+    + 21 d) lies beyond the grid: no readiness row for it (the other plan keeps its own), n/a in the text."""
+    short = pkpd.plan(CARD, pkpd.read_dataset("data/example.csv").subset([8]).until(7 * 24), ["none", "delay 7d"],
+                      horizon="14d", method="laplace", draws=50, seed=1)
+    ready = short.table[short.table["endpoint"].str.startswith("P(ready")]
+    assert list(ready["plan"]) == ["none"]
+    line = next(x for x in short.text().splitlines() if "P(ready" in x)
+    assert line.rstrip().endswith("n/a")
+
+
 def test_plan_errors():
     patient = pkpd.read_dataset("data/example.csv").subset([8]).until(7 * 24)
     with pytest.raises(PkpdError, match="at least one option"):

@@ -232,7 +232,11 @@ class Plan:
             for (lin, endpoint), sub in rows.groupby(["lineage", "endpoint"], sort=False):
                 cells = []
                 for k, p in enumerate(self.plans):
-                    r = sub[sub["plan"] == p].iloc[0]
+                    hit = sub[sub["plan"] == p]
+                    if hit.empty:  # e.g. the readiness day of this plan lies beyond the horizon
+                        cells.append(f"{'n/a':>22}")
+                        continue
+                    r = hit.iloc[0]
                     cell = _fmt(r["value"], r["unit"])
                     if k > 0 and r["difference"] is not None and not pd.isna(r["difference"]):
                         cell += f" ({_signed(r['difference'], r['unit'])})"
