@@ -267,7 +267,8 @@ def test_card_loads_and_simulates_a_regimen():
                        for c in range(3)]
     print(f"\ncarboplatin 600 mg 1h q3w x3, typical patient, nadir per cycle: {nadir}")
     # carboplatin AUC-5-like exposure: moderate neutropenia and thrombocytopenia, Hb falling cycle on cycle
-    assert 1.5 < nadir["ANC"][0] < 3.5 and 100 < nadir["PLT"][0] < 200
+    # (values of this card, measured; the equations themselves are checked against SciPy above)
+    np.testing.assert_allclose([nadir["ANC"][0], nadir["PLT"][0]], [2.44, 146.5], rtol=0.01)
     assert nadir["HGB"][2] < nadir["HGB"][1] < nadir["HGB"][0] < 15.0
 
 
