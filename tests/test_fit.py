@@ -231,7 +231,7 @@ def _card_data(card):
     types = {d: name for name, d in OUTPUT_DVID.items()} | extra
     # 100 of the drug dosed into CMT 1 in that drug's own unit (mg, ug, IU)
     units = {s.dose_unit for s in model.card.pks if 1 in s.cmt.values()}
-    units |= {s.product_dose_unit for s in model.card.pds if 1 in s.cmt.values() and s.product_dose_unit}
+    units |= {q.dose_unit for s in model.card.pds for q in s.products if s.cmt.get(q.target) == 1 and q.dose_unit}
     return model, pkpd.read_dataset(df, observation_types=types if extra else None,
                                     dose_unit={1: units.pop() if units else "mg"})
 

@@ -78,14 +78,26 @@ class PolicyResult:
 
 
 def _product(model, lineage):
-    """``(product name, CMT)`` of the card's blood product for ``lineage``."""
+    """``(product name, CMT)`` of the card's blood product for ``lineage``.
+
+    The blood product (``unit_amount``) whose card ``output`` is ``lineage``; else the
+    single blood product without ``output`` of the component that outputs ``lineage``.
+    """
     system = model.dynamics
     sources = {src for name, src, _ in system.outputs if name == lineage}
-    for spec in (model.card.pds if model.card.schema == 2 else ()):
-        if spec.name in sources and spec.product and spec.product_unit_amount:
-            return spec.product, int(spec.cmt[spec.product_target])
+    specs = model.card.pds if model.card.schema == 2 else ()
+    blood = [(spec, q) for spec in specs for q in spec.products if q.unit_amount]
+    named = [(spec, q) for spec, q in blood if q.output == lineage]
+    if not named:
+        named = [(spec, q) for spec, q in blood if q.output is None and spec.name in sources]
+    if len(named) == 1:
+        spec, q = named[0]
+        return q.name, int(spec.cmt[q.target])
+    if named:
+        raise PkpdError(f"model {model.name!r} defines no transfusion product for {lineage} that is unambiguous: "
+                        f"{', '.join(q.name for _, q in named)} all serve it (give each [[pd]] product an output)")
     raise PkpdError(f"model {model.name!r} defines no transfusion product for {lineage} (a [[pd]] product with "
-                    "unit_amount routed to the state that outputs it)")
+                    "unit_amount routed to the state that outputs it, or one whose output is it)")
 
 
 def transfusion_policy(forecast, lineage, threshold, units=1.0, *, check_every_h=24.0, max_transfusions=8,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..units import DEFAULT_OBSERVATION_TYPES
+
+_PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 __all__ = [
     "Reference",
@@ -215,6 +218,26 @@ class PKSpec:
 
 
 @dataclass(frozen=True)
+class ProductSpec:
+    """A product of a schema-2 ``[[pd]]`` component: what regimens dose into one of its states.
+
+    ``name`` is the regimen's drug name (``"platelets"``, ``"rbc"``, ``"epoetin"``), dosed
+    into the ``cmt`` target ``target``. A blood product has ``unit_amount`` (the state
+    amount one product ``unit`` adds); a drug whose kinetics live in the component has
+    ``dose_unit`` (data amounts convert to it) instead. ``output`` names the observed
+    output the product raises (the transfusion policy's lineage); None: every output of
+    the component.
+    """
+
+    name: str
+    target: str
+    unit_amount: float | None = None
+    dose_unit: str | None = None
+    output: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class PDSpec:
     """PD part of a card.
 
@@ -230,14 +253,16 @@ class PDSpec:
     # schema 2
     name: str | None = None
     cmt: dict = field(default_factory=dict)
-    #: Name of the blood product dosed into this component's states in regimens
-    #: (``"platelets"``, ``"rbc"``) and the state amount one product ``unit`` adds.
-    product: str | None = None
-    product_unit_amount: float | None = None
-    #: Or the amount unit of a drug dosed into the state (``"IU"``): data amounts convert to it.
-    product_dose_unit: str | None = None
-    #: The ``cmt`` target the product goes to (default the first).
-    product_target: str | None = None
+    #: The products regimens dose into this component's states (:class:`ProductSpec`, in
+    #: card order; ``[[pd]] product`` as one table or an array of tables).
+    products: tuple = ()
+    #: Parameters of the component that go by other names in the model (own -> model
+    #: name: ``rename = { MTT = "MTT_PLT" }``), for two components of one family.
+    rename: dict = field(default_factory=dict)
+
+    def product_for(self, target: str):
+        """The :class:`ProductSpec` dosed into the ``cmt`` target ``target``, or None."""
+        return next((p for p in self.products if p.target == target), None)
 
 
 @dataclass(frozen=True)
@@ -905,6 +930,7 @@ class _Validator:
         """Schema 2: ``[[pk]]`` per drug, ``[[pd]]`` components, ``[couplings]``, ``[observe]``."""
         from .. import units as _units
         from .registry import pd_component, pk_component
+        from .renamed import Renamed
 
         self.known_keys(raw, ("schema", "name", "title", "notes", "solver", "reference", "pk", "pd", "couplings",
                               "observe", "error", "covariates", "iiv_correlations"), "")
@@ -935,6 +961,11 @@ class _Validator:
                 comps[spec.name] = (f"pd[{i}]", pd_component(spec.system, spec.options, spec.name))
             except (TypeError, ValueError, ModelError) as err:
                 self.fail(f"pd[{i}]", f"options accepted by {spec.system}", f"{spec.options} ({err})")
+            if spec.rename:
+                try:
+                    comps[spec.name] = (f"pd[{i}]", Renamed(comps[spec.name][1], tuple(sorted(spec.rename.items()))))
+                except ValueError as err:
+                    self.fail(f"pd[{i}].rename", "own parameter names mapped to new, distinct names", str(err))
         declared = {}
         for where, section in [(f"pk[{i}]", s) for i, s in enumerate(pks)] + [(f"pd[{i}]", s) for i, s in
                                                                                 enumerate(pds)]:
@@ -963,23 +994,46 @@ class _Validator:
                 if target not in comps[spec.name][1].dose_targets:
                     self.fail(f"pd[{i}].cmt.{target}", f"a dose target of {spec.name} "
                               f"({', '.join(comps[spec.name][1].dose_targets) or 'none'})", target)
-        names = [p.drug.lower() for p in pks] + [s.product.lower() for s in pds if s.product]
-        names += [s.name.lower() for s in pds if s.product and s.product.lower() != s.name.lower()]
-        if len(set(names)) != len(names):
-            self.fail("pd", "product names distinct from each other and from the drugs", names)
+        # regimens name drugs and products alike; a component whose product is named after it is fine
+        seen = {p.drug.lower(): f"pk[{i}].drug" for i, p in enumerate(pks) if p.drug}
+        for i, s in enumerate(pds):
+            many = isinstance(raw["pd"][i].get("product"), list)
+            for j, q in enumerate(s.products):
+                where = f"pd[{i}].product" + (f"[{j}]" if many else "")
+                if q.name.lower() in seen:
+                    self.fail(f"{where}.name", f"a product name distinct from the other products and the drugs "
+                              f"(already {seen[q.name.lower()]})", q.name)
+                seen[q.name.lower()] = f"{where}.name"
+        for i, s in enumerate(pds):
+            if s.products and s.name.lower() in seen and not seen[s.name.lower()].startswith(f"pd[{i}]."):
+                self.fail(f"pd[{i}].name", f"a component name distinct from the products and drugs (already "
+                          f"{seen[s.name.lower()]})", s.name)
+        for i, s in enumerate(pds):
+            targets = [q.target for q in s.products]
+            for j, q in enumerate(s.products):
+                if q.target in targets[:j]:
+                    self.fail(f"pd[{i}].product[{j}].target", "one product per cmt target (product "
+                              f"{s.products[targets.index(q.target)].name!r} goes there)", q.target)
         cmts = [c for s in pks for c in s.cmt.values()] + [c for s in pds for c in s.cmt.values()]
         if len(set(cmts)) != len(cmts):
             self.fail("pk", "each data CMT routed to one dose target", sorted(cmts))
         couplings = self.couplings_v2(self.table(raw, "couplings", "", required=False), comps, pks, _units)
         observe = self.observe_v2(self.table(raw, "observe", ""), comps, pks, _units)
         outputs = tuple(observe)
+        for i, s in enumerate(pds):
+            mine = [o for o, spec in observe.items() if spec.signal.split(".")[0] == s.name]
+            for j, q in enumerate(s.products):
+                if q.output is not None and q.output not in mine:
+                    where = f"pd[{i}].product" + (f"[{j}]" if isinstance(raw["pd"][i].get("product"), list) else "")
+                    self.fail(f"{where}.output", f"an output of component {s.name!r} ({', '.join(mine) or 'none'})",
+                              q.output)
         errors = self.errors(raw, outputs)
         params = {}
         for section in pks + pds:
             params.update(section.parameters)
         covariates = self.covariates(raw, params)
         correlations = self.iiv_correlations(self.table(raw, "iiv_correlations", "", required=False), params)
-        drug = ", ".join([p.drug for p in pks] + [s.product for s in pds if s.product])
+        drug = ", ".join([p.drug for p in pks] + [q.name for s in pds for q in s.products])
         card = ModelCard(name=name, path=self.path, title=title, drug=drug,
                          outputs=outputs, reference=reference, pk=pks[0] if pks else None, pd=pds[0], error=errors,
                          covariates=covariates, raw=raw, notes=notes, schema=2, pks=tuple(pks), pds=tuple(pds),
@@ -1077,8 +1131,12 @@ class _Validator:
     def pd_v2(self, d: dict, w: str) -> PDSpec:
         name = self.string(d, "name", w)
         system = self.string(d, "system", w)
-        reserved = ("name", "system", "cmt", "notes", "parameters", "product")
+        reserved = ("name", "system", "cmt", "notes", "parameters", "product", "rename")
         options = {k: v for k, v in d.items() if k not in reserved}
+        rename = self.table(d, "rename", w, required=False)
+        for k, v in rename.items():
+            if not isinstance(v, str) or not _PARAMETER_NAME.match(v):
+                self.fail(f"{w}.rename.{k}", "a parameter name (letters, digits, _)", v)
         for k, v in options.items():
             if not isinstance(v, (str, int, float, bool)):
                 self.fail(f"{w}.{k}", "a string, number or boolean option of the PD system", v)
@@ -1086,38 +1144,49 @@ class _Validator:
         parameters = {p: self.parameter(p, v, f"{w}.parameters.{p}") for p, v in params.items()}
         if "ftr" in parameters and parameters["ftr"].value is not None and not 0 < parameters["ftr"].value < 1:
             self.fail(f"{w}.parameters.ftr.value", "a number in (0, 1)", parameters["ftr"].value)
-        product = unit_amount = product_dose_unit = product_target = None
-        if "product" in d:
-            table = self.table(d, "product", w)
-            self.known_keys(table, ("name", "target", "unit_amount", "dose_unit", "note"), f"{w}.product")
-            product_target = self.string(table, "target", f"{w}.product", required=False)
-            product = self.string(table, "name", f"{w}.product")
-            from .. import units as _units
-
-            if not _units.is_drug_name(product):
-                self.fail(f"{w}.product.name", "a product name (letters, digits, _ + - .)", product)
-            unit_amount = self.number(table, "unit_amount", f"{w}.product", required=False, positive=True)
-            product_dose_unit = self.string(table, "dose_unit", f"{w}.product", required=False)
-            if product_dose_unit is not None:
-                try:
-                    product_dose_unit = _units.normalise_amount_unit(product_dose_unit)
-                except Exception as err:  # noqa: BLE001 - the registry says why
-                    self.fail(f"{w}.product.dose_unit", "an amount unit of pkpd.units", f"{product_dose_unit} ({err})")
-            if (unit_amount is None) == (product_dose_unit is None):
-                self.fail(f"{w}.product", "exactly one of unit_amount (blood products: the state amount one "
-                          "'unit' adds) or dose_unit (a drug dosed into the state, e.g. 'IU')", table)
         cmt = self.cmt_table(d, w)
-        if product is not None and not cmt:
-            self.fail(f"{w}.product", "a cmt table routing the product's doses to a state", None, has_got=False)
-        if product is not None:
-            if product_target is None:
-                product_target = next(iter(cmt))
-            elif product_target not in cmt:
-                self.fail(f"{w}.product.target", f"one of the cmt targets ({', '.join(cmt)})", product_target)
+        products = ()
+        if "product" in d:
+            value = d["product"]
+            if isinstance(value, dict):
+                products = (self.product_v2(value, f"{w}.product", cmt),)
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                products = tuple(self.product_v2(v, f"{w}.product[{j}]", cmt) for j, v in enumerate(value))
+            else:
+                self.fail(f"{w}.product", "a table or a non-empty array of tables", value)
         return PDSpec(system=system, options=options, concentration_unit=None, parameters=parameters,
-                      notes=self.string(d, "notes", w, required=False), name=name, cmt=cmt, product=product,
-                      product_unit_amount=unit_amount, product_dose_unit=product_dose_unit,
-                      product_target=product_target)
+                      notes=self.string(d, "notes", w, required=False), name=name, cmt=cmt, products=products,
+                      rename=dict(rename))
+
+    def product_v2(self, table: dict, w: str, cmt: dict) -> ProductSpec:
+        """One ``[[pd]] product`` table at ``w`` (``pd[i].product`` or ``pd[i].product[j]``)."""
+        from .. import units as _units
+
+        self.known_keys(table, ("name", "target", "unit_amount", "dose_unit", "output", "note"), w)
+        name = self.string(table, "name", w)
+        if not _units.is_drug_name(name):
+            self.fail(f"{w}.name", "a product name (letters, digits, _ + - .)", name)
+        target = self.string(table, "target", w, required=False)
+        unit_amount = self.number(table, "unit_amount", w, required=False, positive=True)
+        dose_unit = self.string(table, "dose_unit", w, required=False)
+        if dose_unit is not None:
+            try:
+                dose_unit = _units.normalise_amount_unit(dose_unit)
+            except Exception as err:  # noqa: BLE001 - the registry says why
+                self.fail(f"{w}.dose_unit", "an amount unit of pkpd.units", f"{dose_unit} ({err})")
+        if (unit_amount is None) == (dose_unit is None):
+            self.fail(w, "exactly one of unit_amount (blood products: the state amount one "
+                      "'unit' adds) or dose_unit (a drug dosed into the state, e.g. 'IU')", table)
+        output = self.string(table, "output", w, required=False)  # checked against [observe] in card_v2
+        note = self.string(table, "note", w, required=False)
+        if not cmt:
+            self.fail(w, "a cmt table routing the product's doses to a state", None, has_got=False)
+        if target is None:
+            target = next(iter(cmt))
+        elif target not in cmt:
+            self.fail(f"{w}.target", f"one of the cmt targets ({', '.join(cmt)})", target)
+        return ProductSpec(name=name, target=target, unit_amount=unit_amount, dose_unit=dose_unit, output=output,
+                           note=note)
 
     def _signal(self, text, where: str, comps: dict) -> tuple:
         if not isinstance(text, str) or text.count(".") != 1:

@@ -51,7 +51,7 @@ def _build_v2(card: ModelCard, steady_state: bool) -> System:
 
     comps = [pk_component(spec, steady_state, spec.drug) for spec in card.pks]
     try:
-        comps += [pd_component(spec.system, spec.options, spec.name) for spec in card.pds]
+        comps += [pd_component(spec.system, spec.options, spec.name, spec.rename) for spec in card.pds]
     except (TypeError, ValueError) as err:
         raise ModelError(f"{card.path}: invalid [[pd]] options: {err}") from None
     links, link_scale = [], []
@@ -221,9 +221,9 @@ class Model:
         frame whose compartments are declared in ``dose_units`` (:attr:`pkpd.Dataset.dose_units`):
         a compartment's stored unit when it is declared, else mg when the drug's dose unit
         converts from mg, else the base unit of the drug's own dose unit (IU for an
-        epoetin card). A product of the card (``[[pd]] product``: platelets in ``unit``,
-        epoetin in IU) is dosed into its ``target`` state; a blood product is left out when the
-        data already dose that compartment in the state's own unit (declare it in ``unit``). The second value lists the units of the
+        epoetin card). Each product of the card (``[[pd]] product``, one table or an
+        array: platelets and red cells in ``unit``, epoetin in IU) is dosed into its
+        ``target`` state; a blood product is left out when the data already dose that compartment in the state's own unit (declare it in ``unit``). The second value lists the units of the
         compartments the records use, to be merged into the frame's ``dose_units`` for :meth:`prepare`. Schema-1
         cards have no named drugs: ``({}, {})`` (their regimens go to CMT 1 in mg).
         """
@@ -247,19 +247,19 @@ class Model:
             inputs[name] = DrugInput(cmt=iv, dose_unit=unit, molar_mass=spec.molar_mass, sc_cmt=cmt.get("depot"))
             used.update({c: unit for c in mine if unit != "mg" or c in declared})
         for spec in (self.card.pds if self.card.schema == 2 else ()):
-            if spec.product:
-                cmt = spec.cmt[spec.product_target]
-                if spec.product_unit_amount and cmt in declared and \
+            for product in spec.products:
+                cmt = spec.cmt[product.target]
+                if product.unit_amount and cmt in declared and \
                         units.stored_amount_unit(declared[cmt])[0] != "unit":
                     # the data dose this state in its own unit: product units added to the same compartment
                     # would rescale those doses too, so regimens cannot add them (declare CMT in 'unit')
                     continue
-                unit = "unit" if spec.product_unit_amount else (
+                unit = "unit" if product.unit_amount else (
                     units.stored_amount_unit(declared[cmt])[0] if cmt in declared else
-                    units.stored_amount_unit(spec.product_dose_unit)[0])
+                    units.stored_amount_unit(product.dose_unit)[0])
                 # a drug dosed into a PD state (epoetin into its depot) takes any route there
-                inputs[spec.product] = DrugInput(cmt=cmt, dose_unit=unit,
-                                                 sc_cmt=cmt if spec.product_dose_unit else None)
+                inputs[product.name] = DrugInput(cmt=cmt, dose_unit=unit,
+                                                 sc_cmt=cmt if product.dose_unit else None)
                 used[cmt] = unit
         return inputs, used
 
@@ -344,8 +344,10 @@ class Model:
             stored = units.stored_amount_unit(declared)[0]
             if spec is None:
                 pd_spec = pds.get(route.component)
-                per_unit = pd_spec.product_unit_amount if pd_spec is not None else None
-                drug_unit = pd_spec.product_dose_unit if pd_spec is not None else None
+                # the product dosed into this route's state (several per component: platelets, red cells)
+                product = pd_spec.product_for(route.target) if pd_spec is not None else None
+                per_unit = product.unit_amount if product is not None else None
+                drug_unit = product.dose_unit if product is not None else None
                 if declared == "unit" and per_unit:
                     out.append(float(per_unit))  # one product unit adds `unit_amount` to the state
                 elif declared == "mg" and int(route.cmt) not in dose_units:  # not dosed: the state's unit
@@ -354,7 +356,7 @@ class Model:
                     try:
                         out.append(units.amount_factor(stored, drug_unit))
                     except units.UnitError as err:
-                        raise ModelError(f"doses into CMT {route.cmt} ({pd_spec.product}) are in {declared}, but "
+                        raise ModelError(f"doses into CMT {route.cmt} ({product.name}) are in {declared}, but "
                                          f"the model {self.name!r} takes them in {drug_unit}: {err}") from None
                 elif declared == "mg":  # undeclared: amounts in the state's own unit
                     out.append(1.0)

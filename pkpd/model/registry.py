@@ -28,6 +28,7 @@ from .pd.thrombopoiesis import FribergPlatelets, PlateletLifespan
 from .pk.closed_form import _dose_quantity
 from .pk.compartmental import CompartmentalPK
 from .pk.drivers import KPD, ClosedFormPK, ConcentrationColumn
+from .renamed import Renamed
 
 __all__ = ["PD_SYSTEMS", "pd_class", "pk_component", "pd_component"]
 
@@ -85,8 +86,10 @@ def pk_component(spec, steady_state: bool = True, name: str | None = None):
     raise ModelError(f"unknown PK driver {spec.driver!r}")  # pragma: no cover - validated by the card loader
 
 
-def pd_component(system: str, options: dict, name: str = "pd"):
-    """A PD component from a card's ``system`` and constructor ``options``."""
+def pd_component(system: str, options: dict, name: str = "pd", rename: dict | None = None):
+    """A PD component from a card's ``system`` and constructor ``options``, its parameters
+    ``rename``d (own name -> model name, :class:`pkpd.model.renamed.Renamed`) when given."""
     cls = pd_class(system)
     instance = cls(**options) if issubclass(cls, PDSystem) else cls(**options, name=name)
-    return PDSystemComponent(instance, name=name) if isinstance(instance, PDSystem) else instance
+    component = PDSystemComponent(instance, name=name) if isinstance(instance, PDSystem) else instance
+    return Renamed(component, tuple(sorted(rename.items()))) if rename else component
