@@ -79,10 +79,10 @@ class EightSchools:
 
 
 def test_chees_agrees_with_nuts_on_eight_schools():
-    pytest.importorskip("blackjax", reason="ChEES needs BlackJAX: pip install 'pkpd[chees]' (the test extra has it)")
     """64 chains (8 superchains) x (300 warm-up + 100 draws) of ChEES-HMC against 4 x 2000 NUTS
     draws: posterior means of mu and log tau within 4 combined Monte Carlo standard errors, nested
     R-hat < 1.01, divergences < 1%."""
+    pytest.importorskip("blackjax", reason="ChEES needs BlackJAX: pip install 'pkpd[chees]' (the test extra has it)")
     import arviz as az
     import jax
     from numpyro.infer import MCMC, NUTS
