@@ -35,6 +35,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--censoring", choices=["M3", "M4", "drop"], default="M3")
     p.add_argument("--guide", choices=["normal", "mvn", "lowrank"], default="normal", help="SVI guide")
     p.add_argument("--steps", type=int, default=20000, help="SVI/MAP optimisation steps (upper bound)")
+    p.add_argument("--draws", type=int, default=1000, help="SVI/Laplace: draws from the approximation stored")
+    p.add_argument("--psis", choices=["diagnose", "resample", "off"], default="diagnose",
+                   help="SVI/Laplace: Pareto-smoothed importance sampling check of the approximation (Pareto k "
+                   "printed; > 0.7: unreliable, intervals may be too narrow); 'resample' also importance-"
+                   "resamples the stored draws")
     p.add_argument("--solver", choices=["tsit5", "rk4-grid"], default="tsit5",
                    help="ODE solver of the likelihood: adaptive Tsit5 (rtol 1e-6) or the fixed-grid RK4 "
                    "(checked against a tight solve and refined at set-up; faster for oral dosing)")
@@ -45,8 +50,19 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def pareto_k_line(settings: dict) -> str:
+    """One line on the PSIS check of an SVI/Laplace fit: Pareto k, its reading, the ESS."""
+    k = float(settings["pareto_k"])
+    verdict = ("good (< 0.5)" if k < 0.5 else "rough (0.5-0.7): intervals may be somewhat too narrow" if k <= 0.7
+               else "UNRELIABLE (> 0.7): intervals may be too narrow; use --method nuts")
+    what = "Laplace" if settings.get("method") == "laplace" else f"SVI guide {settings.get('guide')!r}"
+    resampled = "; draws importance-resampled" if settings.get("psis") == "resample" else ""
+    return (f"PSIS check of the {what} approximation: Pareto k = {k:.2f}, {verdict}; importance-sampling ESS "
+            f"{float(settings.get('psis_ess', float('nan'))):.0f} of {settings.get('svi_draws')} draws{resampled}")
+
+
 def run(args) -> int:
-    for name in ("chains", "warmup", "samples", "steps"):
+    for name in ("chains", "warmup", "samples", "steps", "draws"):
         if getattr(args, name) < 1:
             raise PkpdError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not str(args.out).endswith(".nc"):
@@ -75,6 +91,7 @@ def run(args) -> int:
         result = fit(args.model, dataset, method=args.method, chains=args.chains, warmup=args.warmup,
                      samples=args.samples, seed=args.seed, target_accept=args.target_accept,
                      max_tree_depth=args.max_tree_depth, guide=args.guide, svi_steps=args.steps, init=args.init,
+                     psis=args.psis, svi_draws=args.draws,
                      parameterisation=args.parameterisation,
                      progress=not args.no_progress, covariance=args.covariance, prior_width=args.prior_width,
                      fixed=fixed, censoring=args.censoring, solver=solver, **iiv)
@@ -86,6 +103,8 @@ def run(args) -> int:
         print(result.summary().to_string(float_format=lambda x: f"{x:.4g}"))
     s = result.settings
     print(f"\n{result!r}; wall time {s['wall_time_s']:.1f} s; {out.wrote()}")
+    if "pareto_k" in s:
+        print(pareto_k_line(s))
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"warning: {w.message}")

@@ -24,14 +24,24 @@ from ..io import atomic_path
 from ..model.model import Model, load_model
 from ..stats.population import FitSpec, PopulationProblem
 
-__all__ = ["fit", "Fit", "load_fit", "ConvergenceWarning", "predictive_key", "latent_samples", "observation_values"]
+__all__ = ["fit", "Fit", "load_fit", "ConvergenceWarning", "ApproximationNote", "psis_diagnostics", "predictive_key",
+           "latent_samples", "observation_values"]
 
 METHODS = ("nuts", "svi", "map", "laplace")
 GUIDES = ("normal", "mvn", "lowrank")
+PSIS_MODES = ("diagnose", "resample", "off")
+#: Pareto k thresholds (Vehtari et al. 2024): above ``PARETO_K_BAD`` the importance ratios have
+#: (practically) infinite variance and the approximation is unreliable; between the two it is rough.
+PARETO_K_NOTE, PARETO_K_BAD = 0.5, 0.7
 
 
 class ConvergenceWarning(UserWarning):
-    """R-hat above 1.01, divergent transitions, low ESS or an unconverged optimisation."""
+    """R-hat above 1.01, divergent transitions, low ESS, an unconverged optimisation, or an
+    SVI/Laplace approximation whose Pareto k exceeds 0.7."""
+
+
+class ApproximationNote(UserWarning):
+    """An SVI/Laplace approximation whose Pareto k is between 0.5 and 0.7: usable, but rough."""
 
 
 def _as_dataset(data):
@@ -74,6 +84,7 @@ def fit(
     learning_rate: float = 0.01,
     svi_draws: int = 1000,
     tol: float = 1e-4,
+    psis: str = "diagnose",
     log_likelihood: bool = True,
     posterior_predictive: bool = False,
     **options,
@@ -127,6 +138,25 @@ def fit(
         than twice its Monte Carlo standard error.
     svi_draws : int
         Draws from the fitted SVI guide (or the Laplace approximation) stored as the posterior.
+    psis : {"diagnose", "resample", "off"}
+        Pareto-smoothed importance sampling check of an SVI or Laplace fit (ignored by NUTS
+        and MAP). For every stored draw u (in the unconstrained space where the guide is
+        defined) the log importance ratio log w = log p(u, y) - log q(u) is computed
+        (``-potential_energy`` of the model, Jacobian included, minus the guide's log
+        density: the full-rank normal of ``"mvn"``/``"lowrank"``/Laplace, or
+        the product of per-site normals of the mean-field ``"normal"`` guide), smoothed by
+        :func:`arviz.psislw`, and the shape ``k`` of the Pareto tail fitted to the largest
+        ratios is stored (``settings["pareto_k"]``, with the importance-sampling effective
+        sample size ``settings["psis_ess"]``). ``k`` measures how far the guide is from the
+        posterior: below 0.5 the draws are a good approximation, 0.5-0.7 a rough one, above
+        0.7 an unreliable one whose intervals may be much too narrow (:meth:`Fit.check`
+        warns). ``"diagnose"`` (default) stores the guide's draws, the diagnostic and the
+        smoothed normalised log weights (``idata.sample_stats["log_weight"]``, for weighted
+        summaries);
+        ``"resample"`` also replaces the stored draws by an importance resample (with
+        replacement, by the smoothed weights, seeded by ``seed``): closer to the posterior
+        when ``k`` is small, no cure when it is large (few distinct draws remain). ``"off"``
+        skips the check (one model evaluation per draw saved).
     log_likelihood : bool
         Store the pointwise log-likelihood (for LOO/WAIC): :func:`numpyro.infer.log_likelihood`
         of the model's observation sites at every posterior draw.
@@ -145,6 +175,8 @@ def fit(
         raise PkpdError(f"init must be 'prior' or 'svi', got {init!r}")
     if guide not in GUIDES:
         raise PkpdError(f"guide must be one of {GUIDES}, got {guide!r}")
+    if psis not in PSIS_MODES:
+        raise PkpdError(f"psis must be one of {PSIS_MODES}, got {psis!r}")
     for name, value in (("chains", chains), ("warmup", warmup), ("samples", samples), ("svi_steps", svi_steps)):
         if int(value) < 1:
             raise PkpdError(f"{name} must be >= 1, got {value}")
@@ -165,9 +197,12 @@ def fit(
                                  dense_mass, chain_method, progress, init, int(init_steps))
         settings.update(extra)
     else:
+        psis = psis if method != "map" else "off"
         settings.update(guide={"svi": guide, "map": "delta", "laplace": "laplace"}[method], svi_steps=svi_steps,
-                        learning_rate=learning_rate, tol=tol, svi_draws=svi_draws if method != "map" else 1)
-        idata, extra = _run_svi(problem, method, guide, svi_steps, learning_rate, svi_draws, tol, seed, progress)
+                        learning_rate=learning_rate, tol=tol, svi_draws=svi_draws if method != "map" else 1,
+                        psis=psis)
+        idata, extra = _run_svi(problem, method, guide, svi_steps, learning_rate, svi_draws, tol, seed, progress,
+                                psis)
         settings.update(extra)
     settings["wall_time_s"] = time.perf_counter() - start
     _add_observations(idata, problem, log_likelihood, posterior_predictive, seed)
@@ -261,7 +296,7 @@ def _inverse_mass(variances: dict, dense_mass):
     return blocks
 
 
-def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress):
+def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress, psis="off"):
     import numpyro
     from numpyro.infer import SVI, Trace_ELBO, init_to_value
     from numpyro.infer.autoguide import (AutoDelta, AutoLaplaceApproximation, AutoLowRankMultivariateNormal,
@@ -282,15 +317,115 @@ def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress)
     state, loss_trace, converged = _optimise(svi, svi.init(key), steps, tol, method, progress)
     elapsed = time.perf_counter() - start
     params = svi.get_params(state)
-    n = draws if method != "map" else 1
-    post = guide.sample_posterior(key_draws, params, sample_shape=(n,))
+    extra = {}
+    if method == "map":
+        post = guide.sample_posterior(key_draws, params, sample_shape=(1,))
+    else:
+        post, log_q, unconstrained = _guide_draws(guide, params, key_draws, draws)
     posterior = {k: np.asarray(v)[None] for k, v in post.items() if not k.startswith("obs_")}
     if method == "laplace" and not all(np.all(np.isfinite(v)) for v in posterior.values()):
         raise PkpdError("the Laplace approximation failed: the Hessian of the negative log density at the mode is "
                         "not positive definite (not at a mode: raise svi_steps, or fix weakly identified parameters)")
-    idata = az.from_dict(posterior=posterior)
-    return idata, {"steps_run": int(len(loss_trace)), "converged": converged, "final_loss": float(loss_trace[-1]),
-                   "optimisation_time_s": elapsed}
+    if method != "map" and psis != "off":
+        start_psis = time.perf_counter()
+        log_w = _log_importance_ratios(model, unconstrained, log_q)
+        log_w_smooth, k, ess = psis_diagnostics(log_w)
+        extra.update(pareto_k=k, psis_ess=ess, psis_time_s=time.perf_counter() - start_psis)
+        if psis == "resample" and np.isfinite(k):
+            rng = np.random.default_rng([int(seed), 17])
+            index = rng.choice(log_w.size, size=log_w.size, replace=True, p=_normalised(log_w_smooth))
+            posterior = {name: v[:, index] for name, v in posterior.items()}
+            extra["psis_distinct_draws"] = int(np.unique(index).size)
+    stats = {}
+    if method != "map" and psis == "diagnose":
+        stats["log_weight"] = log_w_smooth[None]
+    idata = az.from_dict(posterior=posterior, sample_stats=stats or None)
+    extra.update({"steps_run": int(len(loss_trace)), "converged": converged, "final_loss": float(loss_trace[-1]),
+                  "optimisation_time_s": elapsed})
+    return idata, extra
+
+
+def _guide_draws(guide, params, key, n):
+    """``n`` draws from a fitted continuous guide: ``(constrained sites, log q, unconstrained sites)``.
+
+    The draws are made in the unconstrained space where the guide is a normal distribution
+    (full-rank for ``AutoContinuous`` guides such as AutoMultivariateNormal, AutoLowRank...
+    and AutoLaplaceApproximation; one independent normal per site and element for
+    AutoNormal), ``log q`` is their log density there, and the constrained values (with the
+    model's deterministic sites) come from the guide's own post-processing of the same
+    draws, so the stored draws are the ones :func:`_log_importance_ratios` weights.
+    """
+    import numpyro.distributions as dist
+    from numpyro.infer.autoguide import AutoContinuous, AutoNormal
+
+    if isinstance(guide, AutoContinuous):
+        q = guide.get_posterior(params)
+        latent = q.sample(key, (n,))
+        log_q = q.log_prob(latent)
+        unconstrained = jax.vmap(guide._unpack_latent)(latent)
+        return guide._unpack_and_constrain(latent, params), log_q, unconstrained
+    if isinstance(guide, AutoNormal):
+        prefix = guide.prefix
+        keys = jax.random.split(key, len(guide._init_locs))
+        unconstrained, log_q = {}, jnp.zeros(n)
+        for k_site, site in zip(keys, guide._init_locs):
+            normal = dist.Normal(params[f"{site}_{prefix}_loc"], params[f"{site}_{prefix}_scale"])
+            u = normal.sample(k_site, (n,))
+            unconstrained[site] = u
+            log_q = log_q + normal.log_prob(u).reshape(n, -1).sum(axis=1)
+        return guide._constrain(unconstrained), log_q, unconstrained
+    raise PkpdError(f"no importance-sampling draws for guide {type(guide).__name__}")  # pragma: no cover
+
+
+def _log_importance_ratios(model, unconstrained: dict, log_q) -> np.ndarray:
+    """``log p(u, y) - log q(u)`` of every draw ``u`` (unconstrained; Jacobians of the
+    transforms to the constrained space included, as in NUTS's potential energy).
+
+    One model evaluation per draw: vectorised on a GPU, one after the other on a CPU
+    (constant memory). Non-finite values (a failed ODE solve) become ``-inf``.
+    """
+    from numpyro.infer.util import potential_energy
+
+    def log_p(u):
+        return -potential_energy(model, (), {}, u)
+
+    if _predictive_options()["parallel"]:
+        values = jax.jit(jax.vmap(log_p))(unconstrained)
+    else:
+        values = jax.jit(lambda us: jax.lax.map(log_p, us))(unconstrained)
+    log_w = np.asarray(values, dtype=float) - np.asarray(log_q, dtype=float)
+    return np.where(np.isfinite(log_w), log_w, -np.inf)
+
+
+def _normalised(log_w: np.ndarray) -> np.ndarray:
+    w = np.exp(log_w - np.max(log_w))
+    return w / w.sum()
+
+
+def psis_diagnostics(log_w) -> tuple[np.ndarray, float, float]:
+    """Pareto-smoothed importance sampling of log importance ratios ``log_w [n]``.
+
+    Returns ``(smoothed normalised log weights, Pareto k, effective sample size)``:
+    :func:`arviz.psislw` with ``reff=1`` (independent draws), and ``ESS = 1 / sum(w^2)``
+    of the smoothed normalised weights (Vehtari, Simpson, Gelman, Yao, Gabry. Pareto
+    smoothed importance sampling. JMLR 2024;25(72):1-58). ``k`` is ``inf`` when fewer
+    than two ratios are finite, and ``-inf`` when all are equal within 1e-6 (the guide is
+    the posterior: no tail to fit; arviz would return ``inf``).
+    """
+    log_w = np.asarray(log_w, dtype=float)
+    finite = np.isfinite(log_w)
+    if finite.sum() < 2:
+        return np.full(log_w.shape, -np.log(max(finite.sum(), 1))), float("inf"), float(finite.sum())
+    if finite.all() and np.ptp(log_w) < 1e-6:
+        # Equal ratios (the guide is the posterior up to rounding): no tail to fit (arviz would say inf).
+        return np.full(log_w.shape, -np.log(log_w.size)), float("-inf"), float(log_w.size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # arviz warns on large k itself; Fit.check says it in plain words
+        smoothed, k = az.psislw(np.where(finite, log_w, np.min(log_w[finite]) - 1e3), reff=1.0)
+    smoothed = np.where(finite, np.asarray(smoothed, dtype=float), -np.inf)
+    w = _normalised(smoothed)
+    with np.errstate(divide="ignore"):
+        return np.log(w), float(k), float(1.0 / np.sum(w**2))
 
 
 def _gradient_difference_hessian(f, x, step=1e-4):
@@ -491,9 +626,15 @@ class Fit:
         return pd.DataFrame(rows).set_index("parameter")
 
     def diagnostics(self) -> dict:
-        """Divergences, max R-hat, min bulk/tail ESS and E-BFMI per chain (NUTS)."""
+        """Divergences, max R-hat, min bulk/tail ESS and E-BFMI per chain (NUTS); for SVI and
+        Laplace fits, convergence of the optimisation and, unless ``psis="off"``, the PSIS
+        Pareto k and importance-sampling ESS of the approximation (see :func:`fit`)."""
         if self.method != "nuts":
-            return {"method": self.method, "converged": bool(self.settings.get("converged", True))}
+            out = {"method": self.method, "converged": bool(self.settings.get("converged", True))}
+            for key in ("pareto_k", "psis_ess"):
+                if key in self.settings:
+                    out[key] = float(self.settings[key])
+            return out
         table = self.summary()
         stats = self.idata.sample_stats
         out = {
@@ -511,8 +652,13 @@ class Fit:
         return out
 
     def check(self, warn: bool = True) -> list[str]:
-        """Plain-language convergence problems (also issued as :class:`ConvergenceWarning`)."""
-        problems = []
+        """Plain-language convergence problems (also issued as :class:`ConvergenceWarning`).
+
+        For SVI and Laplace fits with a Pareto k (see ``psis`` in :func:`fit`): k > 0.7 is a
+        problem (the approximation is unreliable, its intervals may be too narrow); 0.5 < k
+        <= 0.7 is not returned, only issued as an :class:`ApproximationNote` when ``warn``.
+        """
+        problems, notes = [], []
         d = self.diagnostics()
         if self.method == "nuts":
             n_draws = self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"]
@@ -530,9 +676,22 @@ class Fit:
             problems.append(f"{self.method.upper()} did not converge in {self.settings.get('steps_run')} steps "
                             f"(relative loss change > {self.settings.get('tol')}): increase svi_steps or "
                             "learning_rate")
+        if self.method != "nuts" and "pareto_k" in d:
+            what = "the Laplace approximation" if self.method == "laplace" else (
+                f"the SVI approximation (guide {self.settings.get('guide')!r})")
+            k, ess = d["pareto_k"], d.get("psis_ess", np.nan)
+            if not k <= PARETO_K_BAD:
+                problems.append(f"{what} is unreliable: Pareto k = {k:.2f} (> {PARETO_K_BAD}; importance-sampling "
+                                f"ESS {ess:.0f} of {self.settings.get('svi_draws')} draws): its intervals may be "
+                                "too narrow; use method='nuts'")
+            elif k > PARETO_K_NOTE:
+                notes.append(f"{what} is rough: Pareto k = {k:.2f} (0.5-0.7): its intervals may be somewhat too "
+                             "narrow; check important conclusions with method='nuts'")
         if warn:
             for p in problems:
                 warnings.warn(p, ConvergenceWarning, stacklevel=3)
+            for p in notes:
+                warnings.warn(p, ApproximationNote, stacklevel=3)
         return problems
 
     def typical_values(self) -> dict:
