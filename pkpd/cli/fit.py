@@ -16,8 +16,12 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("data", help="NONMEM-style CSV")
     p.add_argument("--model", required=True, help="model card name or path (see `pkpd models`)")
-    p.add_argument("--method", default="nuts", choices=["nuts", "svi", "map", "laplace"])
-    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--method", default="nuts", choices=["nuts", "chees", "svi", "map", "laplace"],
+                   help="nuts (default); chees: many short chains of ChEES-HMC vectorised together (for a GPU; "
+                   "needs pip install 'pkpd[chees]'); svi, map, laplace: fast approximations")
+    p.add_argument("--chains", type=int, default=None, help="chains (default 4 for nuts, 64 for chees)")
+    p.add_argument("--superchains", type=int, default=8,
+                   help="chees: groups of chains sharing a start, for the nested R-hat")
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -62,8 +66,8 @@ def pareto_k_line(settings: dict) -> str:
 
 
 def run(args) -> int:
-    for name in ("chains", "warmup", "samples", "steps", "draws"):
-        if getattr(args, name) < 1:
+    for name in ("chains", "warmup", "samples", "steps", "draws", "superchains"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise PkpdError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if not str(args.out).endswith(".nc"):
         raise PkpdError(f"--out should be a .nc (netCDF) file, got {args.out!r}")
@@ -88,7 +92,8 @@ def run(args) -> int:
     solver = SolverOptions(solver="rk4-grid") if args.solver == "rk4-grid" else SolverOptions(rtol=1e-6, atol=1e-8)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = fit(args.model, dataset, method=args.method, chains=args.chains, warmup=args.warmup,
+        result = fit(args.model, dataset, method=args.method, chains=args.chains, superchains=args.superchains,
+                     warmup=args.warmup,
                      samples=args.samples, seed=args.seed, target_accept=args.target_accept,
                      max_tree_depth=args.max_tree_depth, guide=args.guide, svi_steps=args.steps, init=args.init,
                      psis=args.psis, svi_draws=args.draws,

@@ -23,13 +23,16 @@ from ..errors import PkpdError
 from ..io import atomic_path
 from ..model.model import Model, load_model
 from ..stats.population import FitSpec, PopulationProblem
+from .chees import nested_rhat
 
 __all__ = ["fit", "Fit", "load_fit", "ConvergenceWarning", "ApproximationNote", "psis_diagnostics", "predictive_key",
            "latent_samples", "observation_values"]
 
-METHODS = ("nuts", "svi", "map", "laplace")
+METHODS = ("nuts", "chees", "svi", "map", "laplace")
 GUIDES = ("normal", "mvn", "lowrank")
 PSIS_MODES = ("diagnose", "resample", "off")
+#: Methods whose draws are Markov chains (ESS, R-hat, divergences apply).
+SAMPLERS = ("nuts", "chees")
 #: Pareto k thresholds (Vehtari et al. 2024): above ``PARETO_K_BAD`` the importance ratios have
 #: (practically) infinite variance and the approximation is unreliable; between the two it is rough.
 PARETO_K_NOTE, PARETO_K_BAD = 0.5, 0.7
@@ -68,7 +71,7 @@ def fit(
     method: str = "nuts",
     *,
     spec: FitSpec | None = None,
-    chains: int = 4,
+    chains: int | None = None,
     warmup: int = 500,
     samples: int = 1000,
     seed: int = 0,
@@ -76,6 +79,7 @@ def fit(
     max_tree_depth: int = 10,
     dense_mass: bool | list = False,
     chain_method: str | None = None,
+    superchains: int = 8,
     init: str = "prior",
     init_steps: int = 2000,
     progress: bool = True,
@@ -97,8 +101,10 @@ def fit(
         A :class:`pkpd.Model` or a model-card name / path.
     data : Dataset, str or DataFrame
         The study data (read with :func:`pkpd.read_dataset` when not a Dataset).
-    method : {"nuts", "svi", "map", "laplace"}
-        Full Bayes with the No-U-Turn sampler; stochastic variational inference; the
+    method : {"nuts", "chees", "svi", "map", "laplace"}
+        Full Bayes with the No-U-Turn sampler; full Bayes with many short chains of
+        ChEES-adapted jittered HMC, all vectorised (:mod:`pkpd.infer.chees`, BlackJAX: for a
+        GPU; on a CPU vectorised chains cost more per chain than one NUTS chain); stochastic variational inference; the
         maximum a posteriori point estimate; or ``"laplace"``, for models without estimated
         random effects (``iiv=()``): the posterior mode in the unconstrained space and the
         normal approximation there whose covariance is the inverse Hessian of the negative
@@ -111,8 +117,13 @@ def fit(
         ``covariance``, ``prior_width``, ``prior_values``, ``censoring``, ``outputs``,
         ``solver``...) override its fields.
     chains, warmup, samples : int
-        NUTS chains and iterations per chain. Chains run in parallel on several devices,
-        vectorised on one GPU and sequentially on a CPU (``chain_method`` overrides).
+        Chains (default 4 for NUTS, 64 for ChEES) and iterations per chain. NUTS chains run
+        in parallel on several devices, vectorised on one GPU and sequentially on a CPU
+        (``chain_method`` overrides); ChEES chains always run together (``vmap``), the
+        ``warmup`` adapting one step size and trajectory length for all of them.
+    superchains : int
+        ChEES: groups of chains sharing a (jittered) starting point; convergence is judged by
+        the nested R-hat across them (``r_hat`` of :meth:`Fit.summary`).
     seed : int
         Seed of every random choice: the same seed on the same machine gives identical draws.
     target_accept, max_tree_depth, dense_mass
@@ -177,6 +188,7 @@ def fit(
         raise PkpdError(f"guide must be one of {GUIDES}, got {guide!r}")
     if psis not in PSIS_MODES:
         raise PkpdError(f"psis must be one of {PSIS_MODES}, got {psis!r}")
+    chains = int(chains) if chains is not None else (64 if method == "chees" else 4)
     for name, value in (("chains", chains), ("warmup", warmup), ("samples", samples), ("svi_steps", svi_steps)):
         if int(value) < 1:
             raise PkpdError(f"{name} must be >= 1, got {value}")
@@ -195,6 +207,13 @@ def fit(
                         init_steps=int(init_steps) if init != "prior" else 0)
         idata, extra = _run_nuts(problem, chains, warmup, samples, seed, target_accept, max_tree_depth,
                                  dense_mass, chain_method, progress, init, int(init_steps))
+        settings.update(extra)
+    elif method == "chees":
+        from .chees import run_chees
+
+        settings.update(chains=chains, warmup=warmup, samples=samples, superchains=int(superchains))
+        idata, extra = run_chees(problem, chains=chains, warmup=warmup, samples=samples, seed=seed,
+                                 superchains=superchains)
         settings.update(extra)
     else:
         psis = psis if method != "map" else "off"
@@ -618,10 +637,13 @@ class Fit:
             x = post[name].values.reshape(post.sizes["chain"], post.sizes["draw"])
             row = {"parameter": name, "mean": x.mean(), "sd": x.std(ddof=1) if x.size > 1 else 0.0,
                    f"q{lo * 100:g}%": np.quantile(x, lo), f"q{hi * 100:g}%": np.quantile(x, hi)}
-            if self.method == "nuts" and multi:
+            if self.method in SAMPLERS and multi:
                 row["ess_bulk"] = float(az.ess(x, method="bulk"))
                 row["ess_tail"] = float(az.ess(x, method="tail"))
-                row["r_hat"] = float(az.rhat(x)) if post.sizes["chain"] > 1 else np.nan
+                if self.method == "chees":  # many short chains: nested R-hat across the superchains
+                    row["r_hat"] = float(nested_rhat(x, int(self.settings.get("superchains", 8))))
+                else:
+                    row["r_hat"] = float(az.rhat(x)) if post.sizes["chain"] > 1 else np.nan
             rows.append(row)
         return pd.DataFrame(rows).set_index("parameter")
 
@@ -629,7 +651,7 @@ class Fit:
         """Divergences, max R-hat, min bulk/tail ESS and E-BFMI per chain (NUTS); for SVI and
         Laplace fits, convergence of the optimisation and, unless ``psis="off"``, the PSIS
         Pareto k and importance-sampling ESS of the approximation (see :func:`fit`)."""
-        if self.method != "nuts":
+        if self.method not in SAMPLERS:
             out = {"method": self.method, "converged": bool(self.settings.get("converged", True))}
             for key in ("pareto_k", "psis_ess"):
                 if key in self.settings:
@@ -660,13 +682,14 @@ class Fit:
         """
         problems, notes = [], []
         d = self.diagnostics()
-        if self.method == "nuts":
+        if self.method in SAMPLERS:
             n_draws = self.idata.posterior.sizes["chain"] * self.idata.posterior.sizes["draw"]
             if d["divergences"] > 0:
                 problems.append(f"{d['divergences']} divergent transitions: the posterior may be biased "
                                 "(raise target_accept, reparameterise, or check the model)")
             if np.isfinite(d["max_r_hat"]) and d["max_r_hat"] > 1.01:
-                problems.append(f"R-hat up to {d['max_r_hat']:.3f} (> 1.01): chains disagree; run longer")
+                what = "nested R-hat" if self.method == "chees" else "R-hat"
+                problems.append(f"{what} up to {d['max_r_hat']:.3f} (> 1.01): chains disagree; run longer")
             if np.isfinite(d["min_ess_bulk"]) and d["min_ess_bulk"] < min(400, 0.1 * n_draws):
                 problems.append(f"bulk ESS as low as {d['min_ess_bulk']:.0f}: intervals are imprecise")
             low_bfmi = [b for b in d["bfmi"] if b < 0.3]
@@ -676,7 +699,7 @@ class Fit:
             problems.append(f"{self.method.upper()} did not converge in {self.settings.get('steps_run')} steps "
                             f"(relative loss change > {self.settings.get('tol')}): increase svi_steps or "
                             "learning_rate")
-        if self.method != "nuts" and "pareto_k" in d:
+        if self.method not in SAMPLERS and "pareto_k" in d:
             what = "the Laplace approximation" if self.method == "laplace" else (
                 f"the SVI approximation (guide {self.settings.get('guide')!r})")
             k, ess = d["pareto_k"], d.get("psis_ess", np.nan)
