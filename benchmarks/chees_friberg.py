@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--solver", default="rk4-grid", choices=["rk4-grid", "tsit5"])
     parser.add_argument("--parameterisation", default="centred", choices=["centred", "noncentred"])
     parser.add_argument("--external", default=str(Path(__file__).resolve().parents[2] / "shared" / "external"))
+    parser.add_argument("--mass-matrix", choices=["unit", "diagonal"], default="unit")
     parser.add_argument("--nuts", help="also run NUTS with CHAINS,WARMUP,SAMPLES (e.g. 2,200,200)")
     args = parser.parse_args()
     args.init = "svi"
@@ -60,9 +61,10 @@ def main() -> None:
     problem = PopulationProblem(pkpd.load_model(CARD), dataset, spec)
     start = time.perf_counter()
     idata, info = run_chees(problem, chains=args.chains, warmup=args.warmup, samples=args.samples,
-                            seed=args.seed, superchains=args.superchains)
+                            seed=args.seed, superchains=args.superchains,
+                            mass_matrix=None if args.mass_matrix == "unit" else "diagonal")
     wall = time.perf_counter() - start
-    print(f"# ChEES: {args.chains} chains ({args.superchains} superchains) x ({args.warmup} + {args.samples}); "
+    print(f"# ChEES: {args.chains} chains ({args.superchains} superchains) x ({args.warmup} + {args.samples}), mass matrix {args.mass_matrix}; "
           f"wall {wall:.0f} s (compile included); step size {info['step_size']:.3g}; mean leapfrog steps "
           f"{info['mean_leapfrog_steps']:.1f}; divergences {info['divergences']} "
           f"({100 * info['divergences'] / (args.chains * args.samples):.2f}%); max nested R-hat "
