@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import pkpd
-from pkpd.infer.fit import (ApproximationNote, ConvergenceWarning, Fit, _guide_draws, _log_importance_ratios, fit,
-                            psis_diagnostics)
+from pkpd.infer.fit import ApproximationNote, ConvergenceWarning, Fit, fit
+from pkpd.infer.psis import guide_draws, log_importance_ratios, psis_diagnostics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_fit import CARD, FAST, TRUE, card_with, study  # noqa: E402
@@ -62,8 +62,8 @@ def test_exact_full_rank_guide_gives_constant_log_weights():
     tril[where["s"], where["s"]] = S_SD
     loc = jnp.asarray(loc)
     params.update(auto_loc=loc, auto_scale_tril=jnp.asarray(tril))
-    post, log_q, unconstrained = _guide_draws(guide, params, jax.random.PRNGKey(1), 500)
-    log_w = _log_importance_ratios(model, unconstrained, log_q)
+    post, log_q, unconstrained = guide_draws(guide, params, jax.random.PRNGKey(1), 500)
+    log_w = log_importance_ratios(model, unconstrained, log_q)
     assert np.ptp(np.asarray(log_q)) > 1.0  # the draws differ: constancy is not trivial
     np.testing.assert_allclose(log_w, 0.0, atol=1e-8)
     np.testing.assert_allclose(np.asarray(post["s"]), np.exp(np.asarray(unconstrained["s"])), rtol=1e-14)
@@ -102,8 +102,8 @@ def test_exact_mean_field_guide_and_a_wrong_one():
         params.update({"x_auto_loc": jnp.asarray(MU), "x_auto_scale": jnp.asarray(x_sd)})
         if exact:
             params.update({"s_auto_loc": jnp.asarray(S_LOC), "s_auto_scale": jnp.asarray(S_SD)})
-        post, log_q, unconstrained = _guide_draws(guide, params, jax.random.PRNGKey(2), 2000)
-        log_w = _log_importance_ratios(model, unconstrained, log_q)
+        post, log_q, unconstrained = guide_draws(guide, params, jax.random.PRNGKey(2), 2000)
+        log_w = log_importance_ratios(model, unconstrained, log_q)
         if exact:
             np.testing.assert_allclose(log_w, 0.0, atol=1e-8)
             np.testing.assert_allclose(np.asarray(post["s"]), np.exp(np.asarray(unconstrained["s"])), rtol=1e-14)

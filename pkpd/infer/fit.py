@@ -24,6 +24,7 @@ from ..io import atomic_path
 from ..model.model import Model, load_model
 from ..stats.population import FitSpec, PopulationProblem
 from .chees import nested_rhat
+from .psis import guide_draws, log_importance_ratios, normalised, psis_diagnostics
 
 __all__ = ["fit", "Fit", "load_fit", "ConvergenceWarning", "ApproximationNote", "psis_diagnostics", "predictive_key",
            "latent_samples", "observation_values"]
@@ -340,19 +341,19 @@ def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress,
     if method == "map":
         post = guide.sample_posterior(key_draws, params, sample_shape=(1,))
     else:
-        post, log_q, unconstrained = _guide_draws(guide, params, key_draws, draws)
+        post, log_q, unconstrained = guide_draws(guide, params, key_draws, draws)
     posterior = {k: np.asarray(v)[None] for k, v in post.items() if not k.startswith("obs_")}
     if method == "laplace" and not all(np.all(np.isfinite(v)) for v in posterior.values()):
         raise PkpdError("the Laplace approximation failed: the Hessian of the negative log density at the mode is "
                         "not positive definite (not at a mode: raise svi_steps, or fix weakly identified parameters)")
     if method != "map" and psis != "off":
         start_psis = time.perf_counter()
-        log_w = _log_importance_ratios(model, unconstrained, log_q)
+        log_w = log_importance_ratios(model, unconstrained, log_q, parallel=_predictive_options()["parallel"])
         log_w_smooth, k, ess = psis_diagnostics(log_w)
         extra.update(pareto_k=k, psis_ess=ess, psis_time_s=time.perf_counter() - start_psis)
         if psis == "resample" and np.isfinite(k):
             rng = np.random.default_rng([int(seed), 17])
-            index = rng.choice(log_w.size, size=log_w.size, replace=True, p=_normalised(log_w_smooth))
+            index = rng.choice(log_w.size, size=log_w.size, replace=True, p=normalised(log_w_smooth))
             posterior = {name: v[:, index] for name, v in posterior.items()}
             extra["psis_distinct_draws"] = int(np.unique(index).size)
     stats = {}
@@ -362,89 +363,6 @@ def _run_svi(problem, method, guide_name, steps, lr, draws, tol, seed, progress,
     extra.update({"steps_run": int(len(loss_trace)), "converged": converged, "final_loss": float(loss_trace[-1]),
                   "optimisation_time_s": elapsed})
     return idata, extra
-
-
-def _guide_draws(guide, params, key, n):
-    """``n`` draws from a fitted continuous guide: ``(constrained sites, log q, unconstrained sites)``.
-
-    The draws are made in the unconstrained space where the guide is a normal distribution
-    (full-rank for ``AutoContinuous`` guides such as AutoMultivariateNormal, AutoLowRank...
-    and AutoLaplaceApproximation; one independent normal per site and element for
-    AutoNormal), ``log q`` is their log density there, and the constrained values (with the
-    model's deterministic sites) come from the guide's own post-processing of the same
-    draws, so the stored draws are the ones :func:`_log_importance_ratios` weights.
-    """
-    import numpyro.distributions as dist
-    from numpyro.infer.autoguide import AutoContinuous, AutoNormal
-
-    if isinstance(guide, AutoContinuous):
-        q = guide.get_posterior(params)
-        latent = q.sample(key, (n,))
-        log_q = q.log_prob(latent)
-        unconstrained = jax.vmap(guide._unpack_latent)(latent)
-        return guide._unpack_and_constrain(latent, params), log_q, unconstrained
-    if isinstance(guide, AutoNormal):
-        prefix = guide.prefix
-        keys = jax.random.split(key, len(guide._init_locs))
-        unconstrained, log_q = {}, jnp.zeros(n)
-        for k_site, site in zip(keys, guide._init_locs):
-            normal = dist.Normal(params[f"{site}_{prefix}_loc"], params[f"{site}_{prefix}_scale"])
-            u = normal.sample(k_site, (n,))
-            unconstrained[site] = u
-            log_q = log_q + normal.log_prob(u).reshape(n, -1).sum(axis=1)
-        return guide._constrain(unconstrained), log_q, unconstrained
-    raise PkpdError(f"no importance-sampling draws for guide {type(guide).__name__}")  # pragma: no cover
-
-
-def _log_importance_ratios(model, unconstrained: dict, log_q) -> np.ndarray:
-    """``log p(u, y) - log q(u)`` of every draw ``u`` (unconstrained; Jacobians of the
-    transforms to the constrained space included, as in NUTS's potential energy).
-
-    One model evaluation per draw: vectorised on a GPU, one after the other on a CPU
-    (constant memory). Non-finite values (a failed ODE solve) become ``-inf``.
-    """
-    from numpyro.infer.util import potential_energy
-
-    def log_p(u):
-        return -potential_energy(model, (), {}, u)
-
-    if _predictive_options()["parallel"]:
-        values = jax.jit(jax.vmap(log_p))(unconstrained)
-    else:
-        values = jax.jit(lambda us: jax.lax.map(log_p, us))(unconstrained)
-    log_w = np.asarray(values, dtype=float) - np.asarray(log_q, dtype=float)
-    return np.where(np.isfinite(log_w), log_w, -np.inf)
-
-
-def _normalised(log_w: np.ndarray) -> np.ndarray:
-    w = np.exp(log_w - np.max(log_w))
-    return w / w.sum()
-
-
-def psis_diagnostics(log_w) -> tuple[np.ndarray, float, float]:
-    """Pareto-smoothed importance sampling of log importance ratios ``log_w [n]``.
-
-    Returns ``(smoothed normalised log weights, Pareto k, effective sample size)``:
-    :func:`arviz.psislw` with ``reff=1`` (independent draws), and ``ESS = 1 / sum(w^2)``
-    of the smoothed normalised weights (Vehtari, Simpson, Gelman, Yao, Gabry. Pareto
-    smoothed importance sampling. JMLR 2024;25(72):1-58). ``k`` is ``inf`` when fewer
-    than two ratios are finite, and ``-inf`` when all are equal within 1e-6 (the guide is
-    the posterior: no tail to fit; arviz would return ``inf``).
-    """
-    log_w = np.asarray(log_w, dtype=float)
-    finite = np.isfinite(log_w)
-    if finite.sum() < 2:
-        return np.full(log_w.shape, -np.log(max(finite.sum(), 1))), float("inf"), float(finite.sum())
-    if finite.all() and np.ptp(log_w) < 1e-6:
-        # Equal ratios (the guide is the posterior up to rounding): no tail to fit (arviz would say inf).
-        return np.full(log_w.shape, -np.log(log_w.size)), float("-inf"), float(log_w.size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # arviz warns on large k itself; Fit.check says it in plain words
-        smoothed, k = az.psislw(np.where(finite, log_w, np.min(log_w[finite]) - 1e3), reff=1.0)
-    smoothed = np.where(finite, np.asarray(smoothed, dtype=float), -np.inf)
-    w = _normalised(smoothed)
-    with np.errstate(divide="ignore"):
-        return np.log(w), float(k), float(1.0 / np.sum(w**2))
 
 
 def _gradient_difference_hessian(f, x, step=1e-4):
