@@ -53,6 +53,7 @@ and extended onion method. J Multivar Anal 2009;100(9):1989-2001.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import jax.numpy as jnp
@@ -288,8 +289,7 @@ class PopulationProblem:
                 return
             if attempt == 4:
                 break
-            options = SolverOptions(solver="rk4-grid", grid_fine=options.grid_fine / 2, grid_medium=options.grid_medium / 2,
-                          grid_coarse=options.grid_coarse)
+            options = dataclasses.replace(options, grid_fine=options.grid_fine / 2, grid_medium=options.grid_medium / 2)
             self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, eval_times=obs.time,
                                                           eval_mask=obs.mask, options=options,
                                                           dose_units=self.dose_units)
