@@ -63,6 +63,21 @@ def test_problem_refines_the_grid_until_it_matches():
     assert problem.solver.solver == "rk4-grid" and problem.solver.grid_fine < 0.25
 
 
+def test_grid_fallback_keeps_the_adjoint():
+    """When refinement cannot reach the tolerance the problem falls back to Tsit5 with the caller's
+    adjoint (a forecast asks for forward mode: reverse mode there would fail under jacfwd)."""
+    import warnings
+
+    data = pkpd.read_dataset("data/example.csv")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        problem = PopulationProblem(pkpd.load_model("kloft2006_docetaxel"), data,
+                                    FitSpec(solver=SolverOptions(solver="rk4-grid", adjoint="forward"),
+                                            grid_tolerance=1e-14))
+    assert any("using the adaptive Tsit5 solver" in str(w.message) for w in caught)
+    assert (problem.solver.solver, problem.solver.adjoint) == ("tsit5", "forward")
+
+
 def test_compilation_cache_setup_removes_host_callbacks(tmp_path):
     """JAX never caches programs with host callbacks; equinox's raising runtime checks (inside
     diffrax) are callbacks, so enable_compilation_cache switches them to NaN. Fresh processes,

@@ -295,7 +295,7 @@ class PopulationProblem:
                                                           dose_units=self.dose_units)
         warnings.warn(f"the rk4-grid solver stays {err:.1e} (relative) from a tight solve after refinement; "
                       "using the adaptive Tsit5 solver instead", stacklevel=3)
-        self.solver = SolverOptions(rtol=1e-6, atol=1e-8)
+        self.solver = dataclasses.replace(self.solver, solver="tsit5", rtol=1e-6, atol=1e-8)  # keeps the adjoint
         self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, dose_units=self.dose_units)
 
     # ------------------------------------------------------------------ parameters
