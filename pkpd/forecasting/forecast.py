@@ -90,7 +90,7 @@ from .lineage_endpoints import lineage_endpoints
 from ..buckets import bucket_size
 from ..errors import PkpdError
 from ..model.model import Model, load_model
-from ..solve.solver import SolverOptions, predict_outputs
+from ..solve.solver import GRID_SOLVER, SolverOptions, predict_outputs
 from ..stats.population import FitSpec, PopulationProblem
 
 __all__ = ["forecast", "Forecast", "parse_horizon", "PatientProblem", "laplace_approximation"]
@@ -639,9 +639,17 @@ def max_tree_depth_ok(depth) -> int:
 
 
 def _forward_solver(solver) -> SolverOptions:
+    """The forecast's solver: ``solver`` (default: that of population fits) with forward-mode
+    sensitivities. An ``rk4-grid`` is replaced by the adaptive default: its grid is checked
+    against a tight solve only at the data's times and at one parameter point, while a
+    forecast's posterior mode and nadir lie elsewhere (measured: a docetaxel patient observed to
+    day 7 whose grid passed at 8e-5 had a forecast nadir median 1.9% off; the trajectories alone
+    were 0.7% off at the day-10 nadir)."""
     s = solver or FitSpec().solver
     if not isinstance(s, SolverOptions):
         raise PkpdError(f"solver must be a pkpd.SolverOptions, got {type(s).__name__}")
+    if s.solver == GRID_SOLVER:
+        s = FitSpec().solver
     return SolverOptions(rtol=s.rtol, atol=s.atol, max_steps=s.max_steps, solver=s.solver, adjoint="forward",
                          grid_fine=s.grid_fine, grid_medium=s.grid_medium, grid_coarse=s.grid_coarse)
 
@@ -933,7 +941,8 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
         tunes the step size (100 iterations suffice; trees are typically 2-3 deep).
     solver : SolverOptions, optional
         ODE settings (default: those of population fits); the adjoint is forced to
-        forward mode.
+        forward mode, and ``"rk4-grid"`` is replaced by the adaptive default (its grid is
+        checked only at the data's times, not where a forecast's nadir lies).
     regimen_names : list of str, optional
         Names of the regimen alternatives (default: the regimen strings).
     covariates : dict, optional
