@@ -177,6 +177,25 @@ def test_time_below():
     assert time_below(t2, y2, 0.5) == pytest.approx(1.0 + 2.0)
 
 
+def test_time_below_window_and_thresholds_against_fine_sampling():
+    """Windows inside, across and beyond the grid, several thresholds at once: the duration equals
+    a count of 1e-4 h samples of the piecewise-linear trajectory below the threshold."""
+    rng = np.random.default_rng(3)
+    t = np.cumsum(rng.uniform(0.5, 2.0, 30))
+    y = rng.uniform(0.0, 2.0, (3, 30))
+    fine = np.arange(t[0], t[-1], 1e-4) + 5e-5
+    yf = np.stack([np.interp(fine, t, row) for row in y])
+    thr = np.array([0.5, 1.0])
+    for a, b in ((None, None), (t[3] + 0.3, t[20] - 0.1), (t[5], t[6]), (t[0] - 5, t[2] + 0.01), (t[-1] + 1, None)):
+        got = time_below(t, y, thr[:, None], start=a, end=b)
+        lo = t[0] if a is None else a
+        hi = t[-1] if b is None else b
+        w = (fine >= lo) & (fine < hi)
+        ref = np.array([[np.sum(yf[i, w] < th) * 1e-4 for i in range(3)] for th in thr])
+        assert got.shape == (2, 3)
+        np.testing.assert_allclose(got, ref, atol=3e-4)
+
+
 def test_time_below_vectorised():
     t = np.array([0.0, 10.0])
     y = np.broadcast_to(np.array([1.0, 0.0]), (4, 3, 2))

@@ -290,6 +290,12 @@ def time_below(t, y, threshold, start=None, end=None):
     a = t[0] if start is None else float(start)
     b = t[-1] if end is None else float(end)
     thr = np.asarray(threshold, dtype=float)[..., None]
+    # only the intervals that overlap [a, b] contribute: work on that slice of the grid
+    i0 = max(int(np.searchsorted(t, a, side="right")) - 1, 0)
+    i1 = min(int(np.searchsorted(t, b, side="left")), t.size - 1)
+    if i1 <= i0:
+        return np.zeros(np.broadcast_shapes(thr.shape[:-1], y.shape[:-1]))
+    t, y = t[i0: i1 + 1], y[..., i0: i1 + 1]
     ta, tb = np.maximum(t[:-1], a), np.minimum(t[1:], b)
     h = np.diff(t)
     use = tb > ta

@@ -78,9 +78,10 @@ def lineage_endpoints(t, draws, lineage, *, after=0.0, interval=0.9, transfusion
     start = max(float(after), float(t[0]))
     out = {}
     below = {}
-    for grade, bound in spec.grade_bounds:
-        if grade >= 3:
-            dur = ep.time_below(t, y, bound, start=start)
+    bounds = [bound for grade, bound in spec.grade_bounds if grade >= 3]
+    if bounds:
+        durations = ep.time_below(t, y, np.asarray(bounds, dtype=float)[:, None], start=start)  # [bounds, draws]
+        for bound, dur in zip(bounds, durations):
             below[_key(bound)] = {"mean": float(np.nanmean(dur)), "median": float(np.nanmedian(dur))}
     out["time_below_h"] = below
     if spec.transfusion:
