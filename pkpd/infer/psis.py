@@ -78,6 +78,7 @@ def log_importance_ratios(model, unconstrained: dict, log_q, parallel: bool = Fa
 
 
 def normalised(log_w: np.ndarray) -> np.ndarray:
+    """Weights ``exp(log_w)`` scaled to sum to 1 (computed from the largest, so no overflow)."""
     w = np.exp(log_w - np.max(log_w))
     return w / w.sum()
 

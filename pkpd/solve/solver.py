@@ -65,7 +65,7 @@ class SolverOptions(eqx.Module):
         the steps (diffrax's checkpointed adjoint; for ``"rk4-grid"`` a reverse sweep of the
         time loop). ``"forward"``: forward-mode sensitivities (diffrax's ``ForwardMode``; for
         ``"rk4-grid"`` the tangents of all of a subject's parameters carried through one
-        time loop, which reverse mode then only transposes: 0.75x the reverse sweep's
+        time loop, which reverse mode then only transposes: 0.75-0.78x the reverse sweep's
         gradient time on the published Friberg benchmark, ``benchmarks/gradient_cost.py``).
         ``"auto"`` (default): ``"forward"`` for ``"rk4-grid"``, ``"recursive"`` otherwise.
     grid_fine, grid_medium, grid_coarse : float
