@@ -389,3 +389,17 @@ def test_demo_writes_its_files_together_and_announces_replacement(tmp_path, caps
     assert status == 2 and "the plot failed" in err
     assert (out / "forecast.json").read_text() == "old"  # none of the three replaced
     assert sorted(p.name for p in out.iterdir()) == ["forecast.json", "forecast.png", "population_fit.nc"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--centre", "NOPE"], "no IIV"),
+    (["--centre", "Circ0", "--parameterisation", "centred"], "exclude each other"),
+    (["--centre", ","], "expected IIV parameter names"),
+])
+def test_fit_partial_centring_arguments(patient, tmp_path, capsys, extra, message):
+    """``pkpd fit --centre``: unknown parameters and contradictory options are plain errors (exit 2)."""
+    status, out, err = cli(["fit", patient, "--model", CARD, "--method", "map", "--steps", "20",
+                            "--out", tmp_path / "f.nc", *extra], capsys)
+    assert status == 2, out
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "f.nc").exists()

@@ -32,6 +32,9 @@ from pkpd.reporting.forecast import validate_forecast_json
 CARD = "kloft2006_docetaxel"
 COV = {"BSA": 1.8, "SEX": 1, "PERF": 0, "PC": 0, "AAG": 1.34}
 KW = dict(draws=200, warmup=150, seed=1)
+#: Nadir agreement of grid-likelihood (tolerance 1e-5) and Tsit5 forecasts (measured 0.05% on the
+#: median); everything on the 1e-4 grid was 1.9% off: the test can fail.
+TOL_GRID = 3e-3
 
 
 @pytest.fixture(scope="module")
@@ -372,9 +375,13 @@ OLD_LAPLACE = {
 
 def test_laplace_mode_and_covariance_agree_with_the_replaced_code(patient, laplace):
     # tolerance: the mode to 1e-5 (latent SD units; both optimisers stop at |gradient| < 1e-5),
-    # the covariance to 1e-3 relative + 1e-4 absolute (the old Hessian was a finite difference)
+    # the covariance to 1e-3 relative + 1e-4 absolute (the old Hessian was a finite difference);
+    # the likelihood solved as then (Tsit5, rtol 1e-6), not on the default grid
+    from pkpd.solve.solver import SolverOptions
+
     for day, (mode, cov) in OLD_LAPLACE.items():
-        d = forecast(CARD, recorded(patient["sim"], day), method="laplace", **KW).diagnostics
+        d = forecast(CARD, recorded(patient["sim"], day), method="laplace", solver=SolverOptions(rtol=1e-6, atol=1e-8),
+                     **KW).diagnostics
         assert d["latent_names"] == ["z_Circ0", "z_MTT", "z_slope"]
         np.testing.assert_allclose(d["laplace_mode"][0], mode, atol=1e-5)
         np.testing.assert_allclose(d["laplace_covariance"][0], cov, rtol=1e-3, atol=1e-4)
@@ -418,12 +425,15 @@ def test_json_has_one_anc_lineage_with_the_top_level_entries(laplace):
         fc.predictive(8 * 24, lineage="PLT")
 
 
-def test_grid_solver_request_gives_the_adaptive_forecast(patient, laplace):
-    """A forecast asked to use rk4-grid (e.g. a fit prior made with it) uses the adaptive solver: the
-    grid is checked only at the data's times and one parameter point, while the forecast's mode and
-    nadir lie elsewhere. Before, this patient's nadir median was 1.9-2.7% off (0.0834 / 0.0873 vs
-    0.0850); now it is the Tsit5 forecast."""
+def test_grid_request_serves_the_likelihood_only(patient, laplace):
+    """A forecast asked for the rk4-grid (e.g. a fit prior made with it) solves the patient's likelihood on
+    a grid checked to 1e-5 at the observation times and the trajectories adaptively: the nadir agrees with
+    the default (Tsit5) forecast, while everything on the fit's 1e-4 grid had put this patient's nadir
+    median 1.9-2.7% off (0.0834 / 0.0873 vs 0.0850)."""
     from pkpd.solve.solver import SolverOptions
 
     fc = forecast(CARD, cut(patient["sim"], 7), method="laplace", solver=SolverOptions(solver="rk4-grid"), **KW)
-    assert fc.entries[0]["nadir"] == laplace[7].entries[0]["nadir"]
+    a, b = fc.entries[0]["nadir"], laplace[7].entries[0]["nadir"]
+    for k in ("median", "lo", "hi"):
+        assert a[k] == pytest.approx(b[k], rel=TOL_GRID), k
+    assert a != b  # the grid did serve the likelihood

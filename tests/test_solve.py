@@ -60,7 +60,8 @@ def test_problem_refines_the_grid_until_it_matches():
     problem = PopulationProblem(pkpd.load_model("kloft2006_docetaxel"), data,
                                 FitSpec(solver=SolverOptions(solver="rk4-grid")))
     assert problem.grid_error is not None and problem.grid_error <= 1e-4
-    assert problem.solver.solver == "rk4-grid" and problem.solver.grid_fine < 0.25
+    assert problem.solver.solver == "rk4-grid" and problem.solver.grid_fine < SolverOptions().grid_fine
+    assert problem.grid_levels.max() >= 1
 
 
 def test_grid_fallback_keeps_the_adjoint():
@@ -151,3 +152,20 @@ def test_grid_forward_sensitivities_equal_the_reverse_sweep():
     h_f, h_r = jax.hessian(sub(fwd))(x0), jax.hessian(sub(rev))(x0)
     assert float(jnp.max(jnp.abs(h_f - h_r))) <= 1e-9 * float(jnp.max(jnp.abs(h_r)))
     assert float(jnp.max(jnp.abs(h_r))) > 0
+
+
+def test_grid_refinement_is_per_subject():
+    """Each subject's grid is refined on its own (probe random effect seeded by its ID): a subject gets
+    the same grid in the whole data set as alone, and subjects need different refinements here."""
+    data = pkpd.read_dataset("data/example.csv")
+    model = pkpd.load_model("kloft2006_docetaxel")
+    spec = FitSpec(solver=SolverOptions(solver="rk4-grid"))
+    whole = PopulationProblem(model, data, spec)
+    assert whole.solver.solver == "rk4-grid"
+    assert len(set(whole.grid_levels.tolist())) > 1  # some subjects need finer grids than others
+    assert whole.data["grid"].shape[1] % 16 == 0  # padded to a multiple of 16 (grid_bucket)
+    for i in (0, len(data.ids) - 1):
+        alone = PopulationProblem(model, data.subset([data.ids[i]]), spec)
+        assert alone.grid_levels[0] == whole.grid_levels[i]
+        g_alone, g_whole = np.asarray(alone.data["grid"][0]), np.asarray(whole.data["grid"][i])
+        np.testing.assert_array_equal(np.unique(g_alone), np.unique(g_whole))

@@ -30,6 +30,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--covariance", choices=["diag", "full"], default="diag", help="IIV covariance")
     p.add_argument("--parameterisation", choices=["noncentred", "centred"], default="noncentred",
                    help="random effects sampled standardised (non-centred) or as individual log parameters")
+    p.add_argument("--centre", help="partial centring: these IIV parameters centred, the others non-centred given "
+                   "them, e.g. CL,V1,KA (well identified ones centred, weakly identified ones not)")
     p.add_argument("--init", choices=["prior", "svi"], default="prior",
                    help="NUTS starting point: the prior values, or a quick SVI fit (median; variances as mass)")
     p.add_argument("--prior-width", type=float, default=0.5, help="SD of the log-normal priors on typical values")
@@ -90,6 +92,13 @@ def run(args) -> int:
         iiv["iiv"] = () if args.iiv.strip().lower() == "none" else tuple(
             x.strip() for x in args.iiv.split(",") if x.strip())
     solver = SolverOptions(solver="rk4-grid") if args.solver == "rk4-grid" else SolverOptions(rtol=1e-6, atol=1e-8)
+    parameterisation = args.parameterisation
+    if args.centre is not None:
+        if args.parameterisation != "noncentred":
+            raise PkpdError("--centre (partial centring) and --parameterisation centred exclude each other")
+        parameterisation = tuple(x.strip() for x in args.centre.split(",") if x.strip())
+        if not parameterisation:
+            raise PkpdError("--centre: expected IIV parameter names, e.g. CL,V1")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = fit(args.model, dataset, method=args.method, chains=args.chains, superchains=args.superchains,
@@ -97,7 +106,7 @@ def run(args) -> int:
                      samples=args.samples, seed=args.seed, target_accept=args.target_accept,
                      max_tree_depth=args.max_tree_depth, guide=args.guide, svi_steps=args.steps, init=args.init,
                      psis=args.psis, svi_draws=args.draws,
-                     parameterisation=args.parameterisation,
+                     parameterisation=parameterisation,
                      progress=not args.no_progress, covariance=args.covariance, prior_width=args.prior_width,
                      fixed=fixed, censoring=args.censoring, solver=solver, **iiv)
     from ..io import atomic_path

@@ -144,17 +144,7 @@ def posterior_eta(problem, samples: dict) -> jnp.ndarray:
     if not problem.iiv:
         return jnp.zeros((next(iter(samples.values())).shape[0], problem.n_real, 0))
 
-    def one(sample):
-        log_tv = {p: sample[f"log_tv_{p}"] for p in problem.estimated}
-        if "log_theta" in sample:
-            return sample["log_theta"] - problem.mean_log_theta(log_tv)
-        omega = jnp.stack([sample[f"omega_{p}"] for p in problem.iiv])
-        z = sample["z"]
-        if "L_corr" in sample:
-            z = z @ sample["L_corr"].T
-        return z * omega
-
-    return jax.vmap(one)(samples)
+    return jax.vmap(problem.eta_from_sample)(samples)
 
 
 def weighted_residual(kind: str, y, f, sigma: dict):
@@ -290,21 +280,7 @@ def simulate_posterior(fit, problem=None, *, draws: int = 200, seed: int = 0, gr
             pred = jnp.where(a["out"] == k, out[o][:, :n_slots], pred)
         return pred, {o: out[o][:n_real, n_slots:] for o in problem.outputs}
 
-    def new_subject(sample, key):
-        """The sample with the random effects replaced by a draw from the population distribution."""
-        if not problem.iiv:
-            return sample
-        k = len(problem.iiv)
-        z = jax.random.normal(key, (n_real, k))
-        sample = dict(sample)
-        if "log_theta" in sample:  # centred: log theta ~ N(mean, diag(omega) L L^T diag(omega))
-            omega = jnp.stack([sample[f"omega_{p}"] for p in problem.iiv])
-            zc = z @ sample["L_corr"].T if "L_corr" in sample else z
-            log_tv = {p: sample[f"log_tv_{p}"] for p in problem.estimated}
-            sample["log_theta"] = problem.mean_log_theta(log_tv) + zc * omega
-        else:  # non-centred: z ~ N(0, I), the model's own prior of z
-            sample["z"] = z
-        return sample
+    new_subject = problem.new_subject_sites
 
     def thetas(sample, key):
         th_i, _ = problem.params_from_sample(sample)

@@ -56,10 +56,12 @@ class SolverOptions(eqx.Module):
         Adaptive diffrax solvers, or ``"rk4-grid"``: classical RK4 on a fixed grid built
         on the host from the data (every output time, every dose time, fine steps of
         ``grid_fine`` h for 2 h after each dose, ``grid_medium`` h up to 12 h,
-        4 h up to 48 h, ``grid_coarse`` h elsewhere), with the drug concentration at
-        every stage evaluated in one vectorised call before the time loop. It is several
-        times cheaper per gradient than adaptive stepping and its error is measured
-        against tight adaptive solves in ``tests/test_solve.py``; tolerances do not apply.
+        ``min(4, grid_coarse)`` h up to 48 h, ``grid_coarse`` h elsewhere; lengths padded to
+        a multiple of 16, :func:`grid_bucket`), with the drug concentration at every stage
+        evaluated in one vectorised call before the time loop. It is several times cheaper
+        per gradient than adaptive stepping; tolerances do not apply: its error is measured
+        against tight adaptive solves in ``tests/test_solve.py``, and population fits check
+        it at set-up and refine the grid until it holds (``FitSpec.grid_tolerance``).
     adjoint : {"auto", "recursive", "forward"}
         How derivatives of the solve are computed. ``"recursive"``: reverse mode through
         the steps (diffrax's checkpointed adjoint; for ``"rk4-grid"`` a reverse sweep of the
@@ -69,7 +71,9 @@ class SolverOptions(eqx.Module):
         gradient time on the published Friberg benchmark, ``benchmarks/gradient_cost.py``).
         ``"auto"`` (default): ``"forward"`` for ``"rk4-grid"``, ``"recursive"`` otherwise.
     grid_fine, grid_medium, grid_coarse : float
-        Grid spacings (h) of ``"rk4-grid"``.
+        Grid spacings (h) of ``"rk4-grid"`` (defaults 0.5, 2, 12: on the published Friberg
+        benchmark 139 points within 8e-5 of a tight solve, and a gradient 0.68x that of the
+        former 0.25, 1, 6 with its 245 points, ``benchmarks/gradient_cost.py``).
     """
 
     rtol: float = eqx.field(static=True, default=1e-7)
@@ -77,9 +81,9 @@ class SolverOptions(eqx.Module):
     max_steps: int = eqx.field(static=True, default=4096)
     solver: str = eqx.field(static=True, default="tsit5")
     adjoint: str = eqx.field(static=True, default="auto")
-    grid_fine: float = eqx.field(static=True, default=0.25)
-    grid_medium: float = eqx.field(static=True, default=1.0)
-    grid_coarse: float = eqx.field(static=True, default=6.0)
+    grid_fine: float = eqx.field(static=True, default=0.5)
+    grid_medium: float = eqx.field(static=True, default=2.0)
+    grid_coarse: float = eqx.field(static=True, default=12.0)
 
     def __check_init__(self):
         if self.solver not in _SOLVERS and self.solver != GRID_SOLVER:
@@ -128,41 +132,69 @@ def prepare_subjects(system, df: pd.DataFrame, ids=None, n_subjects=None, amount
     return data
 
 
-def build_grids(df: pd.DataFrame, ids, eval_times, eval_mask, options: SolverOptions, n_subjects: int) -> np.ndarray:
+def grid_spacings(options: SolverOptions, level: int = 0) -> tuple[float, float, float]:
+    """``(fine, medium, coarse)`` spacings (h) of an ``rk4-grid`` refined ``level`` times (every spacing halved
+    each time; the coarse one never below the medium one)."""
+    f = 0.5 ** int(level)
+    medium = options.grid_medium * f
+    return options.grid_fine * f, medium, max(options.grid_coarse * f, medium)
+
+
+def build_grids(df: pd.DataFrame, ids, eval_times, eval_mask, options: SolverOptions, n_subjects: int,
+                levels=None) -> np.ndarray:
     """Host-built integration grids ``[S, L]`` for the ``"rk4-grid"`` solver (see :class:`SolverOptions`).
 
     Each grid holds the subject's start, every evaluation time, every dose record time
     and fixed-rate infusion end, refinement after each dose, and coarse steps elsewhere;
-    padding repeats the last time (zero-length steps).
+    padding repeats the last time (zero-length steps, which leave the state unchanged).
+    ``levels`` (one per subject, default 0): how many times that subject's spacings are
+    halved (:func:`grid_spacings`).
     """
-    from ..buckets import bucket_size
-
     grids = []
     for s, sid in enumerate(ids):
+        fine, medium, coarse = grid_spacings(options, 0 if levels is None else int(levels[s]))
         sub = df[df["ID"] == sid]
         t_eval = np.asarray(eval_times[s])[np.asarray(eval_mask[s])]
         t0 = float(sub["TIME"].min())
         t_end = max(float(sub["TIME"].max()), float(t_eval.max()) if t_eval.size else t0)
         doses = sub[sub["EVID"].isin([1, 4])]
-        parts = [np.array([t0, t_end]), t_eval, np.arange(t0, t_end, options.grid_coarse)]
+        parts = [np.array([t0, t_end]), t_eval, np.arange(t0, t_end, coarse)]
         for _, d in doses.iterrows():
             td = float(d["TIME"])
             starts = [td + j * float(d["II"]) for j in range(int(d["ADDL"]) + 1)] if float(d["II"]) > 0 else [td]
             for a in starts:
-                parts += [np.arange(a, a + 2.0, options.grid_fine), np.arange(a + 2.0, a + 12.0, options.grid_medium),
-                          np.arange(a + 12.0, a + 48.0, 4.0)]
+                parts += [np.arange(a, a + 2.0, fine), np.arange(a + 2.0, a + 12.0, medium),
+                          np.arange(a + 12.0, a + 48.0, min(4.0, coarse))]
                 if float(d["RATE"]) > 0 and float(d["AMT"]) > 0:
                     end = a + float(d["AMT"]) / float(d["RATE"])
-                    parts += [np.array([end]), np.arange(end, end + 2.0, options.grid_fine)]
+                    parts += [np.array([end]), np.arange(end, end + 2.0, fine)]
         grid = np.unique(np.concatenate(parts))
         grids.append(grid[(grid >= t0) & (grid <= t_end)])
-    size = bucket_size(max(len(g) for g in grids))
+    size = grid_bucket(max(len(g) for g in grids))
     out = np.zeros((n_subjects, size))
     for s, g in enumerate(grids):
         out[s, : len(g)] = g
         out[s, len(g):] = g[-1]
     out[len(grids):] = out[0]
     return out
+
+
+#: Granularity of grid lengths (:func:`grid_bucket`).
+GRID_BUCKET = 16
+
+
+def grid_bucket(n: int) -> int:
+    """Padded length of the integration grids: ``n`` rounded up to a multiple of :data:`GRID_BUCKET`.
+
+    Every padded point is a zero-length RK4 step that costs as much as a real one, so the
+    grids are not padded to the power-of-two-ish buckets of :func:`pkpd.buckets.bucket_size`
+    (139 points would cost 192 steps): grids are built once per data set, and a
+    multiple of 16 keeps the waste under 16 steps.
+
+    >>> [grid_bucket(n) for n in (1, 16, 17, 139)]
+    [16, 16, 32, 144]
+    """
+    return GRID_BUCKET * max(1, -(-int(n) // GRID_BUCKET))
 
 
 def _solve_grid(system, data: dict, theta: dict, ts, ctx):

@@ -56,7 +56,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import jax
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
@@ -68,6 +70,10 @@ from ..solve.solver import SolverOptions, predict_outputs
 from .residual import ERROR_MODELS, residual_distribution
 
 __all__ = ["FitSpec", "PopulationProblem"]
+
+#: Most halvings of a subject's ``rk4-grid`` spacings at set-up (0.5 h -> 7.8 min after a dose).
+GRID_REFINEMENTS = 6
+
 
 @dataclass(frozen=True)
 class FitSpec:
@@ -98,21 +104,25 @@ class FitSpec:
     outputs : tuple of str or None
         Outputs to fit (default: every model output the data observes).
     solver : SolverOptions
-        ODE settings of the likelihood. With ``solver="rk4-grid"`` the grid is checked at
-        set-up against a tight adaptive solve (typical values and random effects drawn
-        from the prior) and refined until the predictions agree to ``grid_tolerance``
-        (relative); if four refinements do not suffice, the adaptive Tsit5 solver is used
-        with a warning.
+        ODE settings of the likelihood. With ``solver="rk4-grid"`` each subject's grid is
+        checked at set-up against a tight adaptive solve (typical values and a random
+        effect drawn from the prior) and refined (every spacing halved) until its
+        predictions agree to ``grid_tolerance`` (relative); if :data:`GRID_REFINEMENTS`
+        refinements do not suffice, the adaptive Tsit5 solver is used with a warning.
     grid_tolerance : float
         Accuracy required of the ``"rk4-grid"`` solver (default 1e-4, far below residual
         error).
-    parameterisation : {"noncentred", "centred"}
+    parameterisation : {"noncentred", "centred"} or tuple of str
         How the random effects are sampled. ``"noncentred"`` (default) samples standard
         normal ``z`` with eta_i = diag(omega) L z_i: best when the data say little about
         each subject. ``"centred"`` samples the individual log parameters ``log_theta``
         ~ N(log TV + log f_i, Sigma) directly: best when every subject is well informed
         (rich PK and count series), where the non-centred form makes ``z`` and the
-        population parameters strongly correlated and NUTS takes tiny steps.
+        population parameters strongly correlated and NUTS takes tiny steps. A tuple of
+        IIV parameter names: **partial centring**, those parameters centred and the
+        others non-centred given them (see :meth:`PopulationProblem.partial_eta`), for
+        studies where some individual parameters are well identified and others (e.g.
+        a peripheral volume) are not.
     """
 
     fixed: tuple = ()
@@ -134,8 +144,15 @@ class FitSpec:
             raise ModelError(f"covariance must be 'diag' or 'full', got {self.covariance!r}")
         if self.censoring not in ("M3", "M4", "drop"):
             raise ModelError(f"censoring must be 'M3', 'M4' or 'drop', got {self.censoring!r}")
-        if self.parameterisation not in ("noncentred", "centred"):
-            raise ModelError(f"parameterisation must be 'noncentred' or 'centred', got {self.parameterisation!r}")
+        if isinstance(self.parameterisation, (list, tuple)):
+            names = tuple(self.parameterisation)
+            if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+                raise ModelError("parameterisation as a tuple must name distinct IIV parameters to centre, "
+                                 f"got {self.parameterisation!r}")
+            object.__setattr__(self, "parameterisation", names)
+        elif self.parameterisation not in ("noncentred", "centred"):
+            raise ModelError("parameterisation must be 'noncentred', 'centred' or a tuple of IIV parameter names "
+                             f"to centre, got {self.parameterisation!r}")
         if not self.prior_width > 0:
             raise ModelError(f"prior_width must be > 0, got {self.prior_width!r}")
 
@@ -190,6 +207,14 @@ class PopulationProblem:
             if bad:
                 raise ModelError(f"IIV requested on fixed parameter(s) {bad}")
         self.iiv = tuple(iiv)
+        par = spec.parameterisation
+        if isinstance(par, tuple):
+            bad = [p for p in par if p not in self.iiv]
+            if bad:
+                raise ModelError(f"parameterisation: {bad} have no IIV here (IIV parameters: {list(self.iiv)})")
+            # all or none centred: the plain forms (same model, simpler sites)
+            par = "centred" if len(par) == len(self.iiv) else par
+        self.parameterisation = par
         self.prior_loc = {p: float(np.log(spec.prior_values.get(p, params[p].value))) for p in self.estimated}
 
         # Outputs observed in the data and produced by the model.
@@ -244,7 +269,7 @@ class PopulationProblem:
 
         # Subject-level inputs: dose events, driver data, covariate factors, column values.
         self.solver = spec.solver
-        self.grid_error = None
+        self.grid_error = self.grid_levels = None
         self.dynamics, self.data = model.prepare(df, self.ids, n_subjects=self.n_sub, eval_times=obs.time,
                                                  eval_mask=obs.mask, options=self.solver,
                                                  dose_units=self.dose_units)
@@ -258,43 +283,64 @@ class PopulationProblem:
             self._check_grid(df, obs)
 
     def _check_grid(self, df, obs):
-        """Refine the fixed grid until it matches a tight adaptive solve (see FitSpec.grid_tolerance)."""
+        """Refine each subject's fixed grid until it matches a tight adaptive solve (see
+        ``FitSpec.grid_tolerance``).
+
+        Each subject is checked at the prior typical values with a probe random effect
+        (standard normal draws clipped to +-2, times the omegas) drawn from a generator
+        seeded by the subject's ID, so a subject's grid does not depend on the other
+        subjects of the data set (a forecast for a ward gives each patient the grid it
+        would get alone). A subject whose predictions are further than the tolerance from
+        the tight solve has its spacings halved (up to :data:`GRID_REFINEMENTS` times); grids are padded to a
+        common length. ``grid_levels`` records the halvings per subject, ``grid_error`` the
+        largest remaining error, and ``solver`` the finest spacings used (so code that
+        rebuilds grids from it is never coarser).
+        """
         import warnings
+        import zlib
+
+        from ..solve.solver import build_grids, grid_spacings
 
         init = self.initial_values()
-        rng = np.random.default_rng(12345)
         eta = None
         if self.iiv:
             omega = np.array([init[f"omega_{p}"] for p in self.iiv])
-            eta = jnp.asarray(np.clip(rng.normal(size=(self.n_real, len(self.iiv))), -2, 2) * omega)
+            z = np.stack([np.random.default_rng([12345, zlib.crc32(str(i).encode())]).normal(size=len(self.iiv))
+                          for i in self.ids])
+            eta = jnp.asarray(np.clip(z, -2, 2) * omega)
         theta = self.individual({p: init[f"log_tv_{p}"] for p in self.estimated}, eta)
         tight = SolverOptions(rtol=1e-10, atol=1e-12, max_steps=100_000)
         _, ref_data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, dose_units=self.dose_units)
         a = self.arrays
         ref = predict_outputs(self.dynamics, ref_data, theta, a["t"], a["order"], tight)[0]
-        mask = np.asarray(a["mask"])
-        options = self.solver
-        for attempt in range(5):
-            out, _, _ = predict_outputs(self.dynamics, self.data, theta, a["t"], a["order"], options)
-            err = 0.0
-            for o in self.outputs:
-                sel = mask & (np.asarray(a["out"]) == self.outputs.index(o))
-                r, g = np.asarray(ref[o])[sel], np.asarray(out[o])[sel]
-                good = np.abs(r) > 1e-12
-                if good.any():
-                    err = max(err, float(np.max(np.abs(g[good] - r[good]) / np.abs(r[good]))))
-            self.grid_error = err
-            if err <= self.spec.grid_tolerance:
-                self.solver = options
+        mask, out_index = np.asarray(a["mask"]), np.asarray(a["out"])
+        base = self.solver
+        levels = np.zeros(self.n_sub, dtype=int)
+        for attempt in range(GRID_REFINEMENTS + 1):
+            if attempt:
+                grid = build_grids(df, self.ids, obs.time, obs.mask, base, self.n_sub, levels)
+                self.data = {**self.data, "grid": jnp.asarray(grid)}
+            out, _, _ = predict_outputs(self.dynamics, self.data, theta, a["t"], a["order"], base)
+            err = np.zeros(self.n_sub)
+            for k, o in enumerate(self.outputs):
+                r, g = np.asarray(ref[o]), np.asarray(out[o])
+                sel = mask & (out_index == k) & (np.abs(r) > 1e-12)
+                rel = np.where(sel, np.abs(g - r) / np.where(sel, np.abs(r), 1.0), 0.0)
+                err = np.maximum(err, rel.max(axis=1))
+            err[self.n_real:] = 0.0
+            self.grid_error = float(err.max())
+            bad = err > self.spec.grid_tolerance
+            if not bad.any():
+                self.grid_levels = levels[: self.n_real].copy()
+                fine, medium, coarse = grid_spacings(base, int(levels.max()))
+                self.solver = dataclasses.replace(base, grid_fine=fine, grid_medium=medium, grid_coarse=coarse)
                 return
-            if attempt == 4:
+            if attempt == GRID_REFINEMENTS:
                 break
-            options = dataclasses.replace(options, grid_fine=options.grid_fine / 2, grid_medium=options.grid_medium / 2)
-            self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, eval_times=obs.time,
-                                                          eval_mask=obs.mask, options=options,
-                                                          dose_units=self.dose_units)
-        warnings.warn(f"the rk4-grid solver stays {err:.1e} (relative) from a tight solve after refinement; "
-                      "using the adaptive Tsit5 solver instead", stacklevel=3)
+            levels[bad] += 1
+        warnings.warn(f"the rk4-grid solver stays {self.grid_error:.1e} (relative) from a tight solve after "
+                      "refinement; using the adaptive Tsit5 solver instead", stacklevel=3)
+        self.grid_levels = None
         self.solver = dataclasses.replace(self.solver, solver="tsit5", rtol=1e-6, atol=1e-8)  # keeps the adjoint
         self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, dose_units=self.dose_units)
 
@@ -430,7 +476,16 @@ class PopulationProblem:
                 if spec.covariance == "full" and k > 1:
                     chol = numpyro.sample("L_corr", dist.LKJCholesky(k, spec.lkj_eta))
                     numpyro.deterministic("corr", chol @ chol.T)
-                if spec.parameterisation == "centred":
+                if isinstance(self.parameterisation, tuple):
+                    centred, rest = self.partial_blocks()
+                    mu = self.mean_log_theta(log_tv)[:, centred]
+                    chol_c, _, _ = self.partial_cholesky(omega, chol)
+                    # one "subjects" plate dimension for both sites (autoguides need it consistent)
+                    with numpyro.plate("subjects", self.n_real, dim=-1):
+                        log_theta = numpyro.sample("log_theta", dist.MultivariateNormal(mu, scale_tril=chol_c))
+                        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([len(rest)]).to_event(1))
+                    eta = self.partial_eta(log_tv, omega, chol, log_theta, z)
+                elif self.parameterisation == "centred":
                     mu = self.mean_log_theta(log_tv)
                     if chol is None:
                         with numpyro.plate("subjects", self.n_real, dim=-2), numpyro.plate("iiv", k, dim=-1):
@@ -460,8 +515,13 @@ class PopulationProblem:
         for p in self.iiv:
             init[f"omega_{p}"] = jnp.asarray(max(self.model.parameters[p].omega, 0.05) if self.model.parameters[p].omega else 0.2)
         if self.iiv:
-            if self.spec.parameterisation == "centred":
-                init["log_theta"] = self.mean_log_theta({p: init[f"log_tv_{p}"] for p in self.estimated})
+            mean = self.mean_log_theta({p: init[f"log_tv_{p}"] for p in self.estimated})
+            if isinstance(self.parameterisation, tuple):
+                centred, rest = self.partial_blocks()
+                init["log_theta"] = mean[:, centred]
+                init["z"] = jnp.zeros((self.n_real, len(rest)))
+            elif self.parameterisation == "centred":
+                init["log_theta"] = mean
             else:
                 init["z"] = jnp.zeros((self.n_real, len(self.iiv)))
         for s in self.sigma_names():
@@ -473,19 +533,83 @@ class PopulationProblem:
             init["L_corr"] = jnp.eye(len(self.iiv))
         return init
 
+    def partial_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices (into ``iiv``) of the centred and the non-centred random effects of partial centring."""
+        centred = np.array([self.iiv.index(p) for p in self.parameterisation], dtype=int)
+        rest = np.array([j for j in range(len(self.iiv)) if j not in set(centred.tolist())], dtype=int)
+        return centred, rest
+
+    def partial_cholesky(self, omega, chol):
+        r"""Blocks of the Cholesky factor of the IIV covariance with the centred parameters first.
+
+        With :math:`\Sigma = \operatorname{diag}(\omega) L L^T \operatorname{diag}(\omega)`
+        permuted so that the centred block :math:`A` comes first, its Cholesky factor is
+        :math:`\begin{pmatrix} L_{AA} & 0 \\ L_{BA} & L_{BB} \end{pmatrix}`; returns
+        ``(L_AA, L_BA, L_BB)``.
+        """
+        centred, rest = self.partial_blocks()
+        perm = np.concatenate([centred, rest])
+        scale = omega[:, None] * chol if chol is not None else jnp.diag(omega)
+        cov = (scale @ scale.T)[perm][:, perm]
+        full = jnp.linalg.cholesky(cov)
+        a = len(centred)
+        return full[:a, :a], full[a:, :a], full[a:, a:]
+
+    def partial_eta(self, log_tv: dict, omega, chol, log_theta, z):
+        r"""Random effects ``[n_real, K]`` of partial centring.
+
+        The centred block is sampled as :math:`\log\theta_{iA} \sim N(\mu_{iA}, L_{AA}
+        L_{AA}^T)`; the rest non-centred given it, :math:`\eta_{iB} = L_{BA} z_{iA} + L_{BB}
+        z_{iB}` with :math:`z_{iA} = L_{AA}^{-1} \eta_{iA}` and :math:`z_{iB} \sim N(0, I)`:
+        jointly :math:`\eta_i \sim N(0, \Sigma)`, the same model as both plain forms
+        (Papaspiliopoulos, Roberts and Skold 2007, partially non-centred parameterisations).
+        """
+        centred, rest = self.partial_blocks()
+        l_aa, l_ba, l_bb = self.partial_cholesky(omega, chol)
+        eta_a = log_theta - self.mean_log_theta(log_tv)[:, centred]
+        z_a = jax.scipy.linalg.solve_triangular(l_aa, eta_a.T, lower=True).T
+        eta_b = z_a @ l_ba.T + z @ l_bb.T
+        eta = jnp.zeros((eta_a.shape[0], len(self.iiv)), eta_a.dtype)
+        return eta.at[:, centred].set(eta_a).at[:, rest].set(eta_b)
+
+    def eta_from_sample(self, sample: dict):
+        """Random effects ``eta [n_real, K]`` of one sample of the model's sites (any parameterisation)."""
+        log_tv = {p: sample[f"log_tv_{p}"] for p in self.estimated}
+        omega = jnp.stack([sample[f"omega_{p}"] for p in self.iiv])
+        chol = sample.get("L_corr")
+        if "log_theta" in sample and "z" in sample:
+            return self.partial_eta(log_tv, omega, chol, sample["log_theta"], sample["z"])
+        if "log_theta" in sample:
+            return sample["log_theta"] - self.mean_log_theta(log_tv)
+        z = sample["z"] @ chol.T if chol is not None else sample["z"]
+        return z * omega
+
+    def new_subject_sites(self, sample: dict, key) -> dict:
+        """``sample`` with its random-effect sites drawn afresh from their population prior (new subjects)."""
+        if not self.iiv:
+            return sample
+        sample = dict(sample)
+        k = len(self.iiv)
+        z = jax.random.normal(key, (self.n_real, k))
+        if "log_theta" not in sample:  # non-centred: z ~ N(0, I), the model's own prior of z
+            sample["z"] = z
+            return sample
+        omega = jnp.stack([sample[f"omega_{p}"] for p in self.iiv])
+        chol = sample.get("L_corr")
+        mean = self.mean_log_theta({p: sample[f"log_tv_{p}"] for p in self.estimated})
+        if "z" in sample:  # partial: the centred block's log theta, the rest's z ~ N(0, I)
+            centred, _ = self.partial_blocks()
+            l_aa = self.partial_cholesky(omega, chol)[0]
+            sample["log_theta"] = mean[:, centred] + z[:, : len(centred)] @ l_aa.T
+            sample["z"] = z[:, len(centred):]
+        else:  # centred: log theta ~ N(mean, diag(omega) L L^T diag(omega))
+            sample["log_theta"] = mean + (z @ chol.T if chol is not None else z) * omega
+        return sample
+
     def params_from_sample(self, sample: dict):
         """``(theta, sigma)`` from one posterior sample (dict of the model's sample sites)."""
         log_tv = {p: sample[f"log_tv_{p}"] for p in self.estimated}
-        eta = None
-        if self.iiv:
-            if "log_theta" in sample:
-                eta = sample["log_theta"] - self.mean_log_theta(log_tv)
-            else:
-                omega = jnp.stack([sample[f"omega_{p}"] for p in self.iiv])
-                z = sample["z"]
-                if "L_corr" in sample:
-                    z = z @ sample["L_corr"].T
-                eta = z * omega
+        eta = self.eta_from_sample(sample) if self.iiv else None
         sigma = {s: sample[f"sigma_{s}"] for s in self.sigma_names()}
         return self.individual(log_tv, eta), sigma
 
