@@ -1,7 +1,7 @@
 """Coverage of population-fit intervals on simulated studies (issue 17, item 4).
 
 ``python benchmarks/fit_calibration.py [--studies 20] [--patients 16] [--nuts-studies 5] [--quick]
-[--guides normal mvn] [--full-steps]``
+[--guides normal mvn] [--full-steps] [--forecast-patients 8] [--forecast-day 5] [--json F [--first-study K]]``
 
 S studies are simulated from the ``friberg2002_docetaxel_linear`` card with a known truth
 (typical Circ0 6.0 and slope 12.0, the card's prior medians being 5.05 and 8.58; IIV SD
@@ -22,8 +22,18 @@ Reported per method: coverage of the 90% equal-tailed intervals of the truth, se
 for the typical values (tv_Circ0, tv_slope), the IIV SDs (omega_Circ0, omega_slope) and
 the residual SD, the median ratio of the interval width to NUTS's (studies with both),
 mean Pareto k and the share of fits with k > 0.7, wall time per fit (compilation
-included: each fit compiles its own model, as a user's call does). ``--quick``: 2 studies
-of 8 patients, 1000 steps, 200 draws, no NUTS (a smoke run).
+included: each fit compiles its own model, as a user's call does).
+
+Forecasts from a fitted prior (``--forecast-patients K``, K > 0): K new patients per study
+are simulated from the same truth (one cycle, daily ANC with residual error; the true
+nadir is that of the noise-free hourly trajectory over 21 days); each is forecast
+(``pkpd.forecast``, Laplace by default, ``--forecast-method``) from its counts up to day
+``--forecast-day`` with every fit of the study as prior (population uncertainty
+integrated), and with the truth itself as a plug-in card prior (the *oracle*). Reported:
+coverage of the true nadir by the 90% intervals and the median absolute error of the log
+nadir, per prior. The same fit's PSIS-weighted intervals share its forecasts (not repeated).
+
+``--quick``: 2 studies of 8 patients, 1000 steps, 200 draws, no NUTS (a smoke run).
 """
 
 from __future__ import annotations
@@ -66,6 +76,38 @@ def intervals(fit_result, weighted=False, level=0.9):
     return out
 
 
+def new_patients(truth, n, seed, day):
+    """``n`` new patients from the truth: their data up to ``day`` and true (noise-free) nadirs."""
+    if n <= 0:
+        return None
+    import pkpd
+    from pkpd.forecasting import endpoints as ep
+
+    days = np.arange(0, 22) * 24.0 + np.r_[0.5, np.zeros(21)]
+    sim = pkpd.simulate(truth, "180 mg 1h", n, seed=seed, times=days)
+    t = np.arange(0, 22 * 24 + 1, 1.0)
+    hourly = pkpd.simulate(truth, "180 mg 1h", n, seed=seed, times=t, residual=False)
+    true = hourly[hourly["EVID"] == 0]["IPRED"].to_numpy().reshape(n, t.size)
+    nadir, _ = ep.nadir(t, true, after=0.0)
+    cut = sim[sim["TIME"] <= day * 24 + 1].drop(columns="IPRED").reset_index(drop=True)
+    return pkpd.read_dataset(cut), np.asarray(nadir)
+
+
+def forecast_record(prior, new, args, s):
+    """90% nadir intervals of the new patients forecast with ``prior``: hits and log errors."""
+    from pkpd.forecasting.forecast import forecast
+
+    data, nadir = new
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc = forecast(prior, data, method=args.forecast_method, horizon="21d", seed=s, draws=300)
+    lo = np.array([e["nadir"]["lo"] for e in fc.entries])
+    hi = np.array([e["nadir"]["hi"] for e in fc.entries])
+    med = np.array([e["nadir"]["median"] for e in fc.entries])
+    return dict(hits=[bool(h) for h in (lo <= nadir) & (nadir <= hi)],
+                log_error=[float(x) for x in np.abs(np.log(med) - np.log(nadir))])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, default=20)
@@ -74,10 +116,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--guides", nargs="+", default=["normal", "mvn"], choices=("normal", "mvn"))
+    parser.add_argument("--guides", nargs="*", default=["normal", "mvn"], choices=("normal", "mvn"))
     parser.add_argument("--full-steps", action="store_true",
                         help="run all --steps SVI steps (no early stop: tests whether the loss-noise stop, which "
                              "ends fits after ~2,000 steps, explains the under-coverage)")
+    parser.add_argument("--forecast-patients", type=int, default=0,
+                        help="new patients per study forecast with each fit as prior (0: none)")
+    parser.add_argument("--forecast-day", type=int, default=5, help="their counts up to this day are known")
+    parser.add_argument("--forecast-method", choices=("laplace", "nuts"), default="laplace")
+    parser.add_argument("--first-study", type=int, default=0,
+                        help="start at this study (with --json: the file's records of earlier studies are kept)")
     parser.add_argument("--json", default=None, help="write every interval and k here")
     parser.add_argument("--report", default=None, help="only print the table of a --json file")
     args = parser.parse_args()
@@ -86,13 +134,14 @@ def main() -> None:
         return
     if args.quick:
         args.studies, args.patients, args.nuts_studies, args.steps, args.draws = 2, 8, 0, 1000, 200
+        args.forecast_patients = min(args.forecast_patients, 4)
 
     import jax
     import numpyro
 
     import pkpd
     from pkpd.infer.fit import fit
-    from test_fit import CARD, FAST, study
+    from test_fit import CARD, FAST, study, truth_model
 
     pkpd.enable_x64()
     if args.full_steps:
@@ -106,8 +155,13 @@ def main() -> None:
           f"{args.studies} studies x {args.patients} patients, {args.steps} steps, {args.draws} draws", flush=True)
     common = dict(fixed=("gamma", "MTT"), solver=FAST, progress=False, log_likelihood=False)
     records = []
-    for s in range(args.studies):
+    if args.first_study and args.json and Path(args.json).exists():  # continue an interrupted run
+        records = [r for r in json.loads(Path(args.json).read_text()) if r["study"] < args.first_study]
+    for s in range(args.first_study, args.studies):
         data = study(n=args.patients, seed=100 + s)
+        new = new_patients(truth_model(), args.forecast_patients, 1000 + s, args.forecast_day)
+        if new is not None:
+            records.append(dict(study=s, method="oracle", forecast=forecast_record(truth_model(), new, args, s)))
         suffix = " (all steps)" if args.full_steps else ""
         runs = [(f"svi {g}{suffix}", dict(method="svi", guide=g, svi_steps=args.steps, svi_draws=args.draws))
                 for g in args.guides]
@@ -122,9 +176,12 @@ def main() -> None:
             k = res.settings.get("pareto_k", np.nan)
             rec = dict(study=s, method=label, wall_s=wall, pareto_k=k, intervals=intervals(res),
                        steps_run=res.settings.get("steps_run"))
+            if new is not None:
+                rec["forecast"] = forecast_record(res, new, args, s)
             records.append(rec)
             if "pareto_k" in res.settings:
-                records.append(dict(rec, method=label + " + PSIS weights", intervals=intervals(res, weighted=True)))
+                records.append({**{k: v for k, v in rec.items() if k != "forecast"},
+                                "method": label + " + PSIS weights", "intervals": intervals(res, weighted=True)})
             cover = {n: lo <= TRUTH[n] <= hi for n, (lo, hi) in rec["intervals"].items()}
             shown = " ".join(f"{n}=[{lo:.3g},{hi:.3g}]{'' if cover[n] else '*'}"
                              for n, (lo, hi) in rec["intervals"].items())
@@ -135,6 +192,8 @@ def main() -> None:
 
 
 def report(records):
+    forecast_report(records)
+    records = [r for r in records if "intervals" in r]
     methods = list(dict.fromkeys(r["method"] for r in records))
     nuts = {r["study"]: r["intervals"] for r in records if r["method"] == "nuts"}
     print("\n| method | fits | 90% coverage: typical values | IIV SDs | residual SD | width / NUTS (tv, omega) "
@@ -157,6 +216,20 @@ def report(records):
         wall = np.mean([r["wall_s"] for r in rs])
         print(f"| {m} | {len(rs)} | {cells[0]} | {cells[1]} | {cells[2]} | {ratios['typical values']}, "
               f"{ratios['IIV SDs']} | {kcell} | {bad} | {wall:.1f} |")
+
+
+def forecast_report(records):
+    rs = [r for r in records if "forecast" in r and not r["method"].endswith("+ PSIS weights")]
+    if not rs:
+        return
+    print("\n| forecast prior | studies | patients | 90% coverage of the true nadir | median abs. error, log nadir |")
+    print("|---|---|---|---|---|")
+    for m in dict.fromkeys(r["method"] for r in rs):
+        mine = [r["forecast"] for r in rs if r["method"] == m]
+        hits = sum((f["hits"] for f in mine), [])
+        err = sum((f["log_error"] for f in mine), [])
+        print(f"| {m} | {len(mine)} | {len(hits)} | {np.mean(hits):.2f} ({sum(hits)}/{len(hits)}) | "
+              f"{np.median(err):.3f} |")
 
 
 if __name__ == "__main__":
