@@ -154,14 +154,15 @@ def main() -> None:
           f"{jax.devices()[0].device_kind}, {platform.machine()}, {time.strftime('%Y-%m-%d')}; "
           f"{args.studies} studies x {args.patients} patients, {args.steps} steps, {args.draws} draws", flush=True)
     common = dict(fixed=("gamma", "MTT"), solver=FAST, progress=False, log_likelihood=False)
+    truth = truth_model()  # the simulating model, used by the oracle forecasts
     records = []
     if args.first_study and args.json and Path(args.json).exists():  # continue an interrupted run
         records = [r for r in json.loads(Path(args.json).read_text()) if r["study"] < args.first_study]
     for s in range(args.first_study, args.studies):
         data = study(n=args.patients, seed=100 + s)
-        new = new_patients(truth_model(), args.forecast_patients, 1000 + s, args.forecast_day)
+        new = new_patients(truth, args.forecast_patients, 1000 + s, args.forecast_day)
         if new is not None:
-            records.append(dict(study=s, method="oracle", forecast=forecast_record(truth_model(), new, args, s)))
+            records.append(dict(study=s, method="oracle", forecast=forecast_record(truth, new, args, s)))
         suffix = " (all steps)" if args.full_steps else ""
         runs = [(f"svi {g}{suffix}", dict(method="svi", guide=g, svi_steps=args.steps, svi_draws=args.draws))
                 for g in args.guides]

@@ -26,6 +26,23 @@ def external():
     return EXTERNAL
 
 
+def assert_directional_derivatives(f, flat, grad, *, n, seed, h=1e-5, rel=1e-4, abs=1e-4):
+    """Gradient against central finite differences along ``n`` random directions.
+
+    ``f(x)`` returns ``(value, grad)``; directions are scaled by ``max(|x|, 0.1)`` so each
+    step stays inside the support (positive SDs) and then normalised.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    scale = np.maximum(np.abs(np.asarray(flat)), 0.1)
+    for _ in range(n):
+        v = rng.normal(size=np.shape(flat)) * scale
+        v /= np.linalg.norm(v)
+        fd = (float(f(flat + h * v)[0]) - float(f(flat - h * v)[0])) / (2 * h)
+        assert fd == pytest.approx(float(np.asarray(grad) @ v), rel=rel, abs=abs)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop each test module's compiled programs when it ends: a worker runs many modules

@@ -24,11 +24,23 @@ SIMULATE = ["simulate", "kloft2006_docetaxel", "--regimen", "100 mg/m2 1h q21d x
 PREVIOUS = "previous output\n"
 
 
+def _default_sigint():
+    """In the child before exec: SIGINT back to its default disposition.
+
+    A process started in the background by a shell without job control (``cmd &`` in a
+    script, as CI runners may do) inherits SIGINT *ignored*; Python then keeps it ignored
+    and so, rightly, does the CLI. These tests are about what an interactive user's
+    Ctrl-C does, so each child starts as a foreground program would.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     """A subprocess whose stdout and stderr are read by threads, line by line."""
 
     def __init__(self, cmd, cwd):
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=_default_sigint)
         self.out, self.err = [], []
         self._seen = {}
         self._lock = threading.Lock()

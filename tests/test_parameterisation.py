@@ -16,6 +16,7 @@ from pkpd.model.card import list_cards
 from pkpd.infer.fit import fit
 from pkpd.solve.solver import SolverOptions
 from pkpd.stats.population import FitSpec, PopulationProblem
+from conftest import assert_directional_derivatives
 from test_fit import CARD, FAST, study
 
 
@@ -77,14 +78,7 @@ def test_log_density_and_gradient_at_prior_median(card):
     value, grad = f(flat)
     assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
     assert np.abs(np.asarray(grad)).max() > 0
-    rng = np.random.default_rng(0)
-    scale = np.maximum(np.abs(np.asarray(flat)), 0.1)  # stay inside the support (positive SDs)
-    for _ in range(2):
-        v = rng.normal(size=flat.shape) * scale
-        v /= np.linalg.norm(v)
-        h = 1e-5
-        fd = (float(f(flat + h * v)[0]) - float(f(flat - h * v)[0])) / (2 * h)
-        assert fd == pytest.approx(float(grad @ v), rel=1e-4, abs=1e-4)
+    assert_directional_derivatives(f, flat, grad, n=2, seed=0)
 
 
 @pytest.mark.parametrize("covariance", ["diag", "full"])
