@@ -53,6 +53,16 @@ def test_nested_rhat_rejects_bad_groupings():
         nested_rhat(np.zeros((10, 5)), 1)
 
 
+def test_run_chees_rejects_bad_settings_before_any_work():
+    from pkpd.infer.chees import run_chees
+
+    problem = EightSchools()
+    for kw, match in ((dict(chains=8, superchains=3), "superchains"), (dict(mass_matrix="dense"), "mass_matrix"),
+                      (dict(target_accept=1.0), "target_accept"), (dict(samples=0), "samples")):
+        with pytest.raises(PkpdError, match=match):
+            run_chees(problem, **kw)
+
+
 class EightSchools:
     """Duck-typed problem (``numpyro_model``, ``initial_values``): Rubin's eight schools, non-centred."""
 

@@ -609,20 +609,21 @@ def _pad_subjects(tree, n_real):
 _OBS_FILL = {"order": np.inf, "value": 1.0, "log_value": 0.0, "out": 0, "cens": False, "lloq": 1.0, "mask": False}
 
 
+def _pad_columns(v, n: int, fill=None) -> jnp.ndarray:
+    """Pad ``[S, N]`` to ``[S, n]`` with ``fill``, or by repeating the last column when ``fill`` is None."""
+    v = np.asarray(v)
+    if fill is None:
+        extra = np.repeat(v[:, -1:], n - v.shape[1], axis=1)
+    else:
+        extra = np.full((v.shape[0], n - v.shape[1]), fill, dtype=v.dtype)
+    return jnp.asarray(np.concatenate([v, extra], axis=1))
+
+
 def _pad_obs(arrays: dict, n: int) -> dict:
     """Pad ``[S, N]`` observation arrays to ``N = n`` (masked, times = last time)."""
-    n0 = arrays["t"].shape[1]
-    if n <= n0:
+    if n <= arrays["t"].shape[1]:
         return arrays
-    out = {}
-    for k, v in arrays.items():
-        v = np.asarray(v)
-        if k in _OBS_FILL:
-            extra = np.full((v.shape[0], n - n0), _OBS_FILL[k], dtype=v.dtype)
-        else:
-            extra = np.repeat(v[:, -1:], n - n0, axis=1)
-        out[k] = jnp.asarray(np.concatenate([v, extra], axis=1))
-    return out
+    return {k: _pad_columns(v, n, _OBS_FILL.get(k)) for k, v in arrays.items()}
 
 
 def _structure(problem: PopulationProblem, integrated: bool, method, draws, warmup, depth) -> _Structure:
@@ -673,8 +674,7 @@ def _pad_grid(data: dict, n: int) -> dict:
     zero-length steps), so that a new patient's grid length does not recompile the inference."""
     if "grid" not in data or data["grid"].shape[1] >= n:
         return data
-    g = np.asarray(data["grid"])
-    return {**data, "grid": jnp.asarray(np.concatenate([g, np.repeat(g[:, -1:], n - g.shape[1], axis=1)], axis=1))}
+    return {**data, "grid": _pad_columns(data["grid"], n)}
 
 
 def _record_frame(rec: pd.DataFrame, template: pd.Series, columns) -> pd.DataFrame:

@@ -123,6 +123,12 @@ def run_chees(problem, chains: int = 64, warmup: int = 500, samples: int = 200, 
 
     if int(chains) < 2 or int(superchains) < 2 or int(chains) % int(superchains):
         raise PkpdError(f"chees needs chains (got {chains}) a multiple of superchains (got {superchains}) >= 2")
+    if mass_matrix not in (None, "diagonal"):
+        raise PkpdError(f"chees: mass_matrix must be None (unit) or 'diagonal', got {mass_matrix!r}")
+    if not 0.0 < float(target_accept) < 1.0:
+        raise PkpdError(f"chees: target_accept must lie strictly between 0 and 1, got {target_accept}")
+    if int(warmup) < 1 or int(samples) < 1:
+        raise PkpdError(f"chees: warmup and samples must be >= 1, got {warmup} and {samples}")
     key = jax.random.PRNGKey(int(seed))
     key_init, key_jitter, key_warmup, key_sample = jax.random.split(key, 4)
     info = initialize_model(key_init, problem.numpyro_model(),
