@@ -3,7 +3,7 @@
     python benchmarks/nuts_friberg.py [--chains 4 --warmup 500 --samples 1000] [--seed 112356]
                                       [--solver rk4-grid|tsit5] [--external ../shared/external]
                                       [--parameterisation centred|noncentred|partial [--noncentred Q2,V2]]
-                                      [--init svi|prior]
+                                      [--init svi|prior] [--target-accept 0.8]
                                       [--sequential]
 
 Same data (read from ``../shared/external/pumas-friberg`` when present, otherwise a data
@@ -121,7 +121,8 @@ def run_chains(args, chains: int, seed: int):
     tv_sites = tuple(f"log_tv_{p}" for p in PARAMS.values())
     return pkpd.fit(CARD, dataset, method="nuts", spec=spec, chains=chains, warmup=args.warmup,
                     samples=args.samples, seed=seed, dense_mass=[tv_sites], init=args.init,
-                    chain_method="sequential", progress=args.progress, log_likelihood=False)
+                    target_accept=args.target_accept, chain_method="sequential", progress=args.progress,
+                    log_likelihood=False)
 
 
 def chain_worker(args, chain: int, path: str) -> dict:
@@ -184,6 +185,8 @@ def main() -> None:
     parser.add_argument("--noncentred", default="Q2,V2",
                         help="with --parameterisation partial: the parameters left non-centred (default Q2,V2)")
     parser.add_argument("--init", default="svi", choices=["svi", "prior"])
+    parser.add_argument("--target-accept", type=float, default=0.8,
+                        help="NUTS step-size adaptation target (pkpd.fit's default 0.8)")
     parser.add_argument("--sequential", action="store_true", help="run the chains one after another")
     args = parser.parse_args()
     cores = 1 if args.sequential else max(1, min(args.chains, os.cpu_count() or 1))
@@ -242,6 +245,7 @@ def main() -> None:
     chain_time = sum(r["cpu_s"] for r in runs) if not args.sequential else sampling - compile_s
     mode = "sequential" if args.sequential else "one process per chain"
     print(f"# chains {args.chains} ({mode}, {cores} core(s)); parameterisation {parameterisation(args)}; "
+          f"target_accept {args.target_accept}; "
           f"init {args.init} ({init_s:.0f} s); summed chain time {chain_time:.0f} core-s")
     header = (f"{'param':<8} {'pkpd':>10} {'NONMEM':>10} {'Stan':>10} {'Pumas':>10} {'ess_bulk':>9} {'ess_tail':>9}"
               f" {'r_hat':>6} {'ESS/s':>8} {'NONMEM':>8} {'Stan':>8} {'Pumas':>8} {'x NONMEM':>9} {'ESS/wall-s':>10}")
