@@ -24,23 +24,28 @@ SIMULATE = ["simulate", "kloft2006_docetaxel", "--regimen", "100 mg/m2 1h q21d x
 PREVIOUS = "previous output\n"
 
 
-def _default_sigint():
-    """In the child before exec: SIGINT back to its default disposition.
+@pytest.fixture(autouse=True)
+def _sigint_not_ignored():
+    """Children start with SIGINT at its default, as a program started from a terminal does.
 
     A process started in the background by a shell without job control (``cmd &`` in a
     script, as CI runners may do) inherits SIGINT *ignored*; Python then keeps it ignored
-    and so, rightly, does the CLI. These tests are about what an interactive user's
-    Ctrl-C does, so each child starts as a foreground program would.
+    and so, rightly, does the CLI. These tests are about an interactive user's Ctrl-C, so
+    while each runs this (pytest) process handles SIGINT with Python's own handler: a
+    handled signal is reset to its default in an exec'd child, an ignored one would stay
+    ignored. (``preexec_fn`` would do it in the child, but forces a fork of this
+    multithreaded, JAX-importing process.)
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 class Run:
     """A subprocess whose stdout and stderr are read by threads, line by line."""
 
     def __init__(self, cmd, cwd):
-        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=_default_sigint)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out, self.err = [], []
         self._seen = {}
         self._lock = threading.Lock()
