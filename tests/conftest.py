@@ -26,7 +26,7 @@ def external():
     return EXTERNAL
 
 
-def assert_directional_derivatives(f, flat, grad, *, n, seed, h=1e-5, rel=1e-4, abs=1e-4):
+def assert_directional_derivatives(f, flat, grad, *, n, seed, h=1e-5, rtol=1e-4, atol=1e-4):
     """Gradient against central finite differences along ``n`` random directions.
 
     ``f(x)`` returns ``(value, grad)``; directions are scaled by ``max(|x|, 0.1)`` so each
@@ -40,7 +40,7 @@ def assert_directional_derivatives(f, flat, grad, *, n, seed, h=1e-5, rel=1e-4, 
         v = rng.normal(size=np.shape(flat)) * scale
         v /= np.linalg.norm(v)
         fd = (float(f(flat + h * v)[0]) - float(f(flat - h * v)[0])) / (2 * h)
-        assert fd == pytest.approx(float(np.asarray(grad) @ v), rel=rel, abs=abs)
+        assert fd == pytest.approx(float(np.asarray(grad) @ v), rel=rtol, abs=atol)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -38,7 +38,8 @@ def _sigint_not_ignored():
     """
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGINT, previous)
+    if previous is not None:  # None: a handler installed outside Python, which cannot be put back
+        signal.signal(signal.SIGINT, previous)
 
 
 class Run:
