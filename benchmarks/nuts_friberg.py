@@ -4,7 +4,7 @@
                                       [--solver rk4-grid|tsit5] [--external ../shared/external]
                                       [--parameterisation centred|noncentred|partial [--noncentred Q2,V2]]
                                       [--init svi|prior] [--target-accept 0.8]
-                                      [--sequential]
+                                      [--sequential | --processes N]
 
 Same data (read from ``../shared/external/pumas-friberg`` when present, otherwise a data
 set of the same design regenerated from the published true values), same model (oral
@@ -14,8 +14,9 @@ parameters with a full correlation matrix, log-normal residual errors), same pri
 HalfNormal(0.4); LKJ(2); sigma HalfNormal(0.5); the published KA truncation at the
 largest disposition eigenvalue is not applied) and the same sampler budget. ESS per
 second is computed as published: ESS divided by the summed wall time of the chains.
-By default the chains run in parallel, each in its own process (seed + chain number), on
-``min(chains, CPUs)`` cores: the summed chain time is then counted as
+By default the chains run in parallel, each in its own process (seed + chain number), at
+most ``--processes`` at a time (default ``min(chains, CPUs)``, so no two chain processes
+share a core): the summed chain time is then counted as
 the chain processes' summed CPU time (core-seconds, SVI start and compile included), which
 is what the published figures measure when each chain has a core; ESS per wall-second is printed too. (One process
 with a JAX host device per chain and ``pmap`` grows its memory steadily on CPU; see
@@ -154,7 +155,8 @@ def parallel_chains(args):
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = [str(Path(tmp) / f"chain{i}.nc") for i in range(args.chains)]
-        with ProcessPoolExecutor(max_workers=args.chains, mp_context=multiprocessing.get_context("spawn")) as pool:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.processes, mp_context=context) as pool:
             runs = list(pool.map(chain_worker, [args] * args.chains, range(args.chains), paths))
         fits = [pkpd.load_fit(p) for p in paths]
     for i, f in enumerate(fits):
@@ -188,8 +190,14 @@ def main() -> None:
     parser.add_argument("--target-accept", type=float, default=0.8,
                         help="NUTS step-size adaptation target (pkpd.fit's default 0.8)")
     parser.add_argument("--sequential", action="store_true", help="run the chains one after another")
+    parser.add_argument("--processes", type=int,
+                        help="chain processes at a time (default min(chains, CPUs): one core each)")
     args = parser.parse_args()
-    cores = 1 if args.sequential else max(1, min(args.chains, os.cpu_count() or 1))
+    if args.processes is None:
+        args.processes = max(1, min(args.chains, os.cpu_count() or 1))
+    if args.processes < 1:
+        parser.error(f"--processes must be at least 1, got {args.processes}")
+    cores = 1 if args.sequential else min(args.processes, os.cpu_count() or 1)
 
     import arviz as az
     import jax
@@ -243,7 +251,7 @@ def main() -> None:
     # Summed chain time in core-seconds: each chain process's CPU time (chains that finish
     # early free their core, so wall x cores would over-count), or the sequential wall time.
     chain_time = sum(r["cpu_s"] for r in runs) if not args.sequential else sampling - compile_s
-    mode = "sequential" if args.sequential else "one process per chain"
+    mode = "sequential" if args.sequential else f"one process per chain, {args.processes} at a time"
     print(f"# chains {args.chains} ({mode}, {cores} core(s)); parameterisation {parameterisation(args)}; "
           f"target_accept {args.target_accept}; "
           f"init {args.init} ({init_s:.0f} s); summed chain time {chain_time:.0f} core-s")

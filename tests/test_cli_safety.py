@@ -403,3 +403,48 @@ def test_fit_partial_centring_arguments(patient, tmp_path, capsys, extra, messag
     assert status == 2, out
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "f.nc").exists()
+
+
+@pytest.mark.parametrize("command, cores, expected", [("forecast", 2, 2), ("plan", 3, 3), ("fit", 2, 1),
+                                                      ("forecast", 1, 1)])
+def test_forecast_commands_use_one_host_device_per_core(tmp_path, command, cores, expected):
+    """``pkpd forecast`` and ``pkpd plan`` expose each CPU core as a JAX host device (a batch
+    forecast splits its patients and draws across them); other commands keep one device. The
+    command's work is replaced by a fake that reports the devices JAX then sees."""
+    code = f"""
+import os, sys
+os.sched_getaffinity = lambda pid: set(range({cores}))
+sys.argv[1:] = ["{command}"]
+import pkpd.cli.{command} as m
+import jax
+def report(args):
+    print(len(jax.devices()), os.environ.get("XLA_FLAGS", ""))
+    return 0
+m.run = report
+import pkpd.cli as cli
+parser = cli.build_parser
+def build():
+    p = parser()
+    p.parse_args = lambda argv=None: __import__("argparse").Namespace(command="{command}", func=report)
+    return p
+cli.build_parser = build
+sys.exit(cli.main())
+"""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[0]) == expected, proc.stdout
+
+
+def test_a_users_host_device_count_is_kept(monkeypatch):
+    from pkpd.cli import _cores_as_devices
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=5 --xla_other=1")
+    _cores_as_devices()
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=5 --xla_other=1"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_other=1")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    _cores_as_devices()
+    assert os.environ["XLA_FLAGS"] == "--xla_other=1 --xla_force_host_platform_device_count=4"

@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import re
+import textwrap
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -437,3 +439,63 @@ def test_grid_request_serves_the_likelihood_only(patient, laplace):
     for k in ("median", "lo", "hi"):
         assert a[k] == pytest.approx(b[k], rel=TOL_GRID), k
     assert a != b  # the grid did serve the likelihood
+
+
+# A forecast split across two host devices (pkpd.forecasting.forecast._over_devices) in a
+# subprocess (XLA's device count is fixed when JAX starts), against the same forecast on this
+# process's one device (the module's fixtures): one patient, so the second device gets the
+# padded row (skipped by NUTS).
+_SPLIT_CHILD = textwrap.dedent(r"""
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax, numpy as np, pkpd
+    from pkpd.config import enable_compilation_cache
+    pkpd.enable_x64()
+    enable_compilation_cache(sys.argv[1])
+    data = pkpd.read_dataset(sys.argv[2])
+    out = {"data_hash": data.hash}
+    for method in ("laplace", "nuts"):
+        fc = pkpd.forecast(sys.argv[4], data, method=method, draws=200, warmup=150, seed=1)
+        out[f"{method}_draws"] = fc.draws.drop(columns="id").to_numpy(float)
+        out[f"{method}_trajectories"] = fc.trajectories
+        out[f"{method}_devices"] = fc.diagnostics["devices"]
+    np.savez(sys.argv[3], devices=len(jax.devices()), **out)
+""")
+
+
+@pytest.mark.slow  # reason: a NUTS and a Laplace forecast compile in a subprocess (about 1-3 min on 2 cores)
+def test_forecast_split_across_devices_matches_one_device(patient, laplace, nuts, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    assert KW == dict(draws=200, warmup=150, seed=1)  # the child's settings
+    csv = tmp_path / "day3.csv"
+    day3 = cut(patient["sim"], 3)
+    day3.to_csv(csv)
+    cache = os.environ.get("PKPD_TEST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "pkpd", "jax-tests"))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-c", _SPLIT_CHILD, cache, str(csv), str(tmp_path / "split.npz"), CARD],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    split = np.load(tmp_path / "split.npz")
+    assert int(split["devices"]) == 2 and str(split["data_hash"]) == day3.hash
+
+    for method, fc in (("laplace", laplace[3]), ("nuts", nuts[3])):
+        assert fc.diagnostics["devices"] == 1 and int(split[f"{method}_devices"]) == 2
+        one, two = fc.draws.drop(columns="id").to_numpy(float), split[f"{method}_draws"]
+        assert one.shape == two.shape == (200, one.shape[1])
+        if method == "laplace":
+            # The same draws up to rounding (measured: 5e-11 relative), and their trajectories.
+            np.testing.assert_allclose(two, one, rtol=1e-8, atol=1e-12)
+            np.testing.assert_allclose(split["laplace_trajectories"], fc.trajectories, rtol=1e-6, atol=1e-9)
+        else:
+            # NUTS may amplify rounding into another chain of the same posterior: the posterior
+            # means of the random effects agree within 0.6 posterior SD (about 3.7 standard
+            # errors of the difference of two ~80-ESS means).
+            z = [j for j, c in enumerate(fc.draws.drop(columns="id").columns) if c.startswith("z_")]
+            a, b = one[:, z], two[:, z]
+            assert np.all(np.abs(a.mean(0) - b.mean(0)) < 0.6 * a.std(0)), (a.mean(0), b.mean(0), a.std(0))
+            assert np.all(np.isfinite(split["nuts_trajectories"]))

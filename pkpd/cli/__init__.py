@@ -43,10 +43,28 @@ _COMMANDS = ["demo", "check", "pk", "models", "simulate", "fit", "forecast", "pl
 #: XLA log lines dropped from the CLI's standard error (see the module docstring).
 XLA_NOISE = (b"circular simplification loop",)
 
+#: Commands whose work is split across the CPU's cores, each a JAX host device (a batch
+#: forecast's patients in its inference: :func:`pkpd.forecasting.forecast._over_devices`).
+#: Not ``fit`` or ``demo``: with as many devices as chains NumPyro would run the chains with
+#: ``pmap``, whose memory grows steadily on a CPU (benchmarks/nuts_friberg.py).
+CORE_COMMANDS = ("forecast", "plan")
+
 
 def _quiet_xla_logs() -> None:
     """Silence XLA's C++ log below FATAL for this process, unless the user chose a level."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _cores_as_devices() -> None:
+    """One JAX host device per available CPU core (``--xla_force_host_platform_device_count``),
+    unless the user's ``XLA_FLAGS`` set a count; takes effect when JAX's CPU backend has not
+    started in this process yet (as in a CLI run)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cores}".strip()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +132,8 @@ def main(argv=None) -> int:
             parser.print_help()
             return 0
         command = guard.label = f"pkpd {args.command}"
+        if as_program and args.command in CORE_COMMANDS:
+            _cores_as_devices()
         from ..config import enable_x64
         from ..errors import PkpdError
 

@@ -29,7 +29,11 @@ with the pointwise log-likelihood :math:`\ell_{ij}` computed by
 :class:`~pkpd.stats.population.PopulationProblem` (same residual-error and censoring
 code as population fits), given one patient's data at a time (:class:`PatientProblem`).
 Patients are independent: they are processed by one vectorised (``vmap``) computation
-over the patient axis.
+over the patient axis (NUTS on a CPU: one patient after the other, ``lax.map``), split
+across the devices when there are several (on a CPU, host devices: one per core with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which ``pkpd forecast`` and ``pkpd
+plan`` set; :func:`_over_devices`). The trajectories run on one device (see
+:func:`_trajectories`).
 
 Inference (``method``):
 
@@ -545,15 +549,27 @@ def _nuts(structure: _Structure, potential, key, mode, cov, ok):
 
 
 @eqx.filter_jit
-def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys):
-    """Posterior draws for every patient (vmapped over the subject axis of ``pdata``; NUTS on a CPU
-    maps over it sequentially)."""
+def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys, real):
+    """Posterior draws for every patient: the Laplace approximation vmapped over the subject
+    axis of ``pdata``, then the draws (NUTS on a CPU maps over the patients one after the other,
+    skipping the padded ones, ``real`` False), with the patients split across the devices when
+    there are several (:func:`_over_devices`)."""
 
-    def one(pdata_one, key):
-        patient = PatientProblem(structure.problem, dynamics,
-                                 **jax.tree_util.tree_map(lambda a: a[None], pdata_one))
-        potential, params = patient.potential_and_parameters(structure, shared)
-        mode, cov, scale, steps, ok = laplace_approximation(potential, structure.n_latent)
+    def patient(pdata_one):
+        one = PatientProblem(structure.problem, dynamics, **jax.tree_util.tree_map(lambda a: a[None], pdata_one))
+        return one.potential_and_parameters(structure, shared)
+
+    def laplace(pdata_one):
+        potential, _ = patient(pdata_one)
+        return laplace_approximation(potential, structure.n_latent)
+
+    # Outside the device split: optimistix's BFGS fails inside shard_map (lineax checks the
+    # operator's input and output structures, one of which carries the mesh; lineax issue #185).
+    approx = jax.vmap(laplace)(pdata)
+
+    def draw(pdata_one, key, approx_one):
+        potential, params = patient(pdata_one)
+        mode, cov, scale, steps, ok = approx_one
         if structure.method == "nuts":
             xs, diag = _nuts(structure, potential, key, mode, cov, ok)
         else:
@@ -569,19 +585,95 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys):
         # On a CPU, patients' NUTS chains run one after the other: vmapped, every patient
         # waits for the deepest tree of any patient at each iteration, and vectorising a
         # one-subject gradient gains little there (8 patients: 21.7 s against 51.1 s, 2.4x;
-        # benchmarks/batch_forecast.py). On an accelerator the vmap is the point.
-        return jax.lax.map(lambda args: one(*args), (pdata, keys))
-    return jax.vmap(one)(pdata, keys)
+        # benchmarks/batch_forecast.py). On an accelerator the vmap is the point. A padded
+        # patient (a copy of patient 0, for the bucketed shapes) is skipped: zeros instead.
+        def block(pdata, keys, real, approx):
+            def step(args):
+                *inputs, is_real = args
+                skipped = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(draw, *inputs))
+                return jax.lax.cond(is_real, lambda: draw(*inputs), lambda: skipped)
+
+            return jax.lax.map(step, (pdata, keys, approx, real))
+    else:
+        def block(pdata, keys, real, approx):
+            return jax.vmap(draw)(pdata, keys, approx)
+    return _over_devices(block)(pdata, keys, real, approx)
+
+
+def _device_mesh():
+    """A one-axis mesh (:data:`DEVICE_AXIS`) of the local devices, or None with one device."""
+    devices = jax.local_devices()
+    return jax.sharding.Mesh(np.array(devices), (DEVICE_AXIS,)) if len(devices) > 1 else None
+
+
+def _over_devices(f):
+    """``f`` (every argument and output batched on its leading axis, independent rows) with the
+    rows split across the local devices when there are several (:func:`jax.shard_map`), else ``f``.
+
+    On a CPU, JAX runs one computation on one core; several host devices
+    (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts, which ``pkpd
+    forecast`` and ``pkpd plan`` set) give the patients of a batch forecast's inference one core
+    per device. The leading axis must be a multiple of the device count
+    (:func:`_rows_for_devices`). Rows are independent and each keeps its own random key, so the
+    split changes a result only through floating-point rounding (the compiled programs differ in
+    their batch shapes: Laplace draws agree to ~1e-10 relative), which a NUTS chain's
+    accept/reject steps can amplify into a different, equally valid chain: a fixed seed gives
+    identical results for a given device count.
+    """
+    mesh = _device_mesh()
+    if mesh is None:
+        return f
+    spec = jax.sharding.PartitionSpec(DEVICE_AXIS)
+    return jax.shard_map(f, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+
+
+def _rows_for_devices(n: int) -> int:
+    """``n`` rounded up to a multiple of the local device count."""
+    d = len(jax.local_devices())
+    return -(-n // d) * d
+
+
+def _balanced_rows(n_real: int, n_rows: int) -> np.ndarray:
+    """Order of ``n_rows`` rows (the first ``n_real`` real, the rest padding) that gives each of the
+    local devices' equal blocks (:func:`_over_devices`) the same number of real rows, +-1: real row
+    ``i`` goes to device ``i % d``. The identity with one device."""
+    d = len(jax.local_devices())
+    per = n_rows // d
+    padding = iter(range(n_real, n_rows))
+    blocks = []
+    for k in range(d):
+        rows = list(range(k, n_real, d))
+        blocks += rows + [next(padding) for _ in range(per - len(rows))]
+    return np.asarray(blocks)
+
+
+def _extend_rows(tree, n: int):
+    """Leading axis of every leaf extended to ``n`` rows by repeating row 0."""
+    def extend(a):
+        a = jnp.asarray(a)
+        if a.shape[0] >= n:
+            return a
+        return jnp.concatenate([a, jnp.repeat(a[:1], n - a.shape[0], axis=0)])
+
+    return jax.tree_util.tree_map(extend, tree)
 
 
 #: Output block of the trajectory solves (``save_chunk`` of :func:`pkpd.solve.solver.solve_subject`):
 #: a dense hourly grid is saved block by block instead of once per dose segment.
 SAVE_CHUNK = 128
 
+#: Mesh axis over which a forecast splits its patients (inference) and draws (trajectories)
+#: when there are several devices (:func:`_over_devices`).
+DEVICE_AXIS = "rows"
+
 
 @eqx.filter_jit
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
-    """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``)."""
+    """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``).
+
+    On one device: split across two CPU host devices (``shard_map`` over the draws), this
+    computation deadlocked with 40 patients x 500 draws (every XLA thread idle, with equinox's
+    checks as NaN or as callbacks alike; it ran with 1 patient x 200 draws), cause not found."""
     order = jnp.full_like(t, jnp.inf)
 
     def one(th):
@@ -1041,8 +1133,13 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     shared = {"mean": jnp.asarray(mean), "chol": jnp.asarray(chol), "corr_chol": jnp.asarray(corr_chol)}
     structure = _structure(problem, integrated, method, draws, warmup, max_tree_depth)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), n_sub)
+    n_rows = _rows_for_devices(n_sub)
+    order = _balanced_rows(n_real, n_rows)
+    pdata, keys = jax.tree_util.tree_map(lambda a: a[order], _extend_rows((pdata, keys), n_rows))
+    real = jnp.asarray(order < n_real)
     t0 = time.perf_counter()
-    xs, theta, sigma, diag = _infer(structure, problem.dynamics, pdata, shared, keys)
+    xs, theta, sigma, diag = jax.tree_util.tree_map(lambda a: a[np.argsort(order)],
+                                                    _infer(structure, problem.dynamics, pdata, shared, keys, real))
     xs = np.asarray(xs)[:n_real]
     infer_s = time.perf_counter() - t0
     theta = {k: np.asarray(v)[:n_real] for k, v in theta.items()}
@@ -1055,6 +1152,7 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
         "laplace_covariance": np.asarray(diag["laplace_covariance"])[:n_real],
         "latent_names": structure.latent_names(),
         "inference_s": infer_s,
+        "devices": len(jax.local_devices()),
         "integrated_population": integrated,
     }
     observed = {}
@@ -1170,11 +1268,11 @@ def _project(context: dict, names, diagnostics) -> Forecast:
     t1 = time.perf_counter()
     # every count output of the model, whichever are summarised: one compile serves any choice of lineages
     ys, ok = _trajectories(model_lineages(model.outputs), solver, dynamics, tdata, th, jnp.asarray(t_eval))
-    ok = np.asarray(ok)[:, :n_traj]
+    ok = np.asarray(ok)[:n_draws, :n_traj]
     traj_s = time.perf_counter() - t1
     trajectories = {}
     for lin in lineages:
-        y = np.where(ok[:, :, None], np.asarray(ys[lin])[:, :n_traj, :t_real], np.nan)
+        y = np.where(ok[:, :, None], np.asarray(ys[lin])[:n_draws, :n_traj, :t_real], np.nan)
         traj = np.empty((n_draws, n_real, len(names), t_real))
         for s in range(n_traj):
             r, i = divmod(s, n_real)
