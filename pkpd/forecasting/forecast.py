@@ -662,8 +662,8 @@ def _extend_rows(tree, n: int):
 #: a dense hourly grid is saved block by block instead of once per dose segment.
 SAVE_CHUNK = 128
 
-#: Mesh axis over which a forecast splits its patients (inference) and draws (trajectories)
-#: when there are several devices (:func:`_over_devices`).
+#: Mesh axis over which a forecast splits its patients' inference when there are several
+#: devices (:func:`_over_devices`).
 DEVICE_AXIS = "rows"
 
 
@@ -671,9 +671,9 @@ DEVICE_AXIS = "rows"
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
     """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``).
 
-    On one device: split across two CPU host devices (``shard_map`` over the draws), this
+    Runs on one device. Split across two CPU host devices (``shard_map`` over the draws), this
     computation deadlocked with 40 patients x 500 draws (every XLA thread idle, with equinox's
-    checks as NaN or as callbacks alike; it ran with 1 patient x 200 draws), cause not found."""
+    checks as NaN or as callbacks alike; it ran with 1 patient x 200 draws); cause not found."""
     order = jnp.full_like(t, jnp.inf)
 
     def one(th):
