@@ -441,7 +441,7 @@ def test_grid_request_serves_the_likelihood_only(patient, laplace):
     assert a != b  # the grid did serve the likelihood
 
 
-# A forecast split across two host devices (pkpd.forecasting.forecast._over_devices) in a
+# A forecast split across two host devices (pkpd.forecasting.devices) in a
 # subprocess (XLA's device count is fixed when JAX starts), against the same forecast on this
 # process's one device (the module's fixtures): one patient, so the second device gets the
 # padded row (skipped by NUTS).

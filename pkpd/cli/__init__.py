@@ -44,7 +44,7 @@ _COMMANDS = ["demo", "check", "pk", "models", "simulate", "fit", "forecast", "pl
 XLA_NOISE = (b"circular simplification loop",)
 
 #: Commands whose work is split across the CPU's cores, each a JAX host device (a batch
-#: forecast's patients in its inference: :func:`pkpd.forecasting.forecast._over_devices`).
+#: forecast's patients in its inference: :mod:`pkpd.forecasting.devices`).
 #: Not ``fit`` or ``demo``: with as many devices as chains NumPyro would run the chains with
 #: ``pmap``, whose memory grows steadily on a CPU (benchmarks/nuts_friberg.py).
 CORE_COMMANDS = ("forecast", "plan")

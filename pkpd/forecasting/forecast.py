@@ -32,7 +32,7 @@ Patients are independent: they are processed by one vectorised (``vmap``) comput
 over the patient axis (NUTS on a CPU: one patient after the other, ``lax.map``), split
 across the devices when there are several (on a CPU, host devices: one per core with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which ``pkpd forecast`` and ``pkpd
-plan`` set; :func:`_over_devices`). The trajectories run on one device (see
+plan`` set; :mod:`pkpd.forecasting.devices`). The trajectories run on one device (see
 :func:`_trajectories`).
 
 Inference (``method``):
@@ -91,6 +91,7 @@ import optimistix as optx
 import pandas as pd
 
 from . import endpoints as ep
+from .devices import deal_rows, over_devices, undeal_rows
 from .lineage import baseline_parameter, get_lineage, model_lineages
 from .lineage_endpoints import lineage_endpoints
 from ..buckets import bucket_size
@@ -553,7 +554,7 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys, rea
     """Posterior draws for every patient: the Laplace approximation vmapped over the subject
     axis of ``pdata``, then the draws (NUTS on a CPU maps over the patients one after the other,
     skipping the padded ones, ``real`` False), with the patients split across the devices when
-    there are several (:func:`_over_devices`)."""
+    there are several (:func:`pkpd.forecasting.devices.over_devices`)."""
 
     def patient(pdata_one):
         one = PatientProblem(structure.problem, dynamics, **jax.tree_util.tree_map(lambda a: a[None], pdata_one))
@@ -597,75 +598,12 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys, rea
     else:
         def block(pdata, keys, real, approx):
             return jax.vmap(draw)(pdata, keys, approx)
-    return _over_devices(block)(pdata, keys, real, approx)
-
-
-def _device_mesh():
-    """A one-axis mesh (:data:`DEVICE_AXIS`) of the local devices, or None with one device."""
-    devices = jax.local_devices()
-    return jax.sharding.Mesh(np.array(devices), (DEVICE_AXIS,)) if len(devices) > 1 else None
-
-
-def _over_devices(f):
-    """``f`` (every argument and output batched on its leading axis, independent rows) with the
-    rows split across the local devices when there are several (:func:`jax.shard_map`), else ``f``.
-
-    On a CPU, JAX runs one computation on one core; several host devices
-    (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before JAX starts, which ``pkpd
-    forecast`` and ``pkpd plan`` set) give the patients of a batch forecast's inference one core
-    per device. The leading axis must be a multiple of the device count
-    (:func:`_rows_for_devices`). Rows are independent and each keeps its own random key, so the
-    split changes a result only through floating-point rounding (the compiled programs differ in
-    their batch shapes: Laplace draws agree to ~1e-10 relative), which a NUTS chain's
-    accept/reject steps can amplify into a different, equally valid chain: a fixed seed gives
-    identical results for a given device count.
-    """
-    mesh = _device_mesh()
-    if mesh is None:
-        return f
-    spec = jax.sharding.PartitionSpec(DEVICE_AXIS)
-    return jax.shard_map(f, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
-
-
-def _rows_for_devices(n: int) -> int:
-    """``n`` rounded up to a multiple of the local device count."""
-    d = len(jax.local_devices())
-    return -(-n // d) * d
-
-
-def _balanced_rows(n_real: int, n_rows: int) -> np.ndarray:
-    """Order of ``n_rows`` rows (the first ``n_real`` real, the rest padding) that gives each of the
-    local devices' equal blocks (:func:`_over_devices`) the same number of real rows, +-1: real row
-    ``i`` goes to device ``i % d``. The identity with one device."""
-    d = len(jax.local_devices())
-    per = n_rows // d
-    padding = iter(range(n_real, n_rows))
-    blocks = []
-    for k in range(d):
-        rows = list(range(k, n_real, d))
-        blocks += rows + [next(padding) for _ in range(per - len(rows))]
-    return np.asarray(blocks)
-
-
-def _extend_rows(tree, n: int):
-    """Leading axis of every leaf extended to ``n`` rows by repeating row 0."""
-    def extend(a):
-        a = jnp.asarray(a)
-        if a.shape[0] >= n:
-            return a
-        return jnp.concatenate([a, jnp.repeat(a[:1], n - a.shape[0], axis=0)])
-
-    return jax.tree_util.tree_map(extend, tree)
+    return over_devices(block)(pdata, keys, real, approx)
 
 
 #: Output block of the trajectory solves (``save_chunk`` of :func:`pkpd.solve.solver.solve_subject`):
 #: a dense hourly grid is saved block by block instead of once per dose segment.
 SAVE_CHUNK = 128
-
-#: Mesh axis over which a forecast splits its patients' inference when there are several
-#: devices (:func:`_over_devices`).
-DEVICE_AXIS = "rows"
-
 
 @eqx.filter_jit
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
@@ -1133,13 +1071,10 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     shared = {"mean": jnp.asarray(mean), "chol": jnp.asarray(chol), "corr_chol": jnp.asarray(corr_chol)}
     structure = _structure(problem, integrated, method, draws, warmup, max_tree_depth)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), n_sub)
-    n_rows = _rows_for_devices(n_sub)
-    order = _balanced_rows(n_real, n_rows)
-    pdata, keys = jax.tree_util.tree_map(lambda a: a[order], _extend_rows((pdata, keys), n_rows))
+    (pdata, keys), order = deal_rows((pdata, keys), n_real)
     real = jnp.asarray(order < n_real)
     t0 = time.perf_counter()
-    xs, theta, sigma, diag = jax.tree_util.tree_map(lambda a: a[np.argsort(order)],
-                                                    _infer(structure, problem.dynamics, pdata, shared, keys, real))
+    xs, theta, sigma, diag = undeal_rows(_infer(structure, problem.dynamics, pdata, shared, keys, real), order)
     xs = np.asarray(xs)[:n_real]
     infer_s = time.perf_counter() - t0
     theta = {k: np.asarray(v)[:n_real] for k, v in theta.items()}
@@ -1268,11 +1203,11 @@ def _project(context: dict, names, diagnostics) -> Forecast:
     t1 = time.perf_counter()
     # every count output of the model, whichever are summarised: one compile serves any choice of lineages
     ys, ok = _trajectories(model_lineages(model.outputs), solver, dynamics, tdata, th, jnp.asarray(t_eval))
-    ok = np.asarray(ok)[:n_draws, :n_traj]
+    ok = np.asarray(ok)[:, :n_traj]
     traj_s = time.perf_counter() - t1
     trajectories = {}
     for lin in lineages:
-        y = np.where(ok[:, :, None], np.asarray(ys[lin])[:n_draws, :n_traj, :t_real], np.nan)
+        y = np.where(ok[:, :, None], np.asarray(ys[lin])[:, :n_traj, :t_real], np.nan)
         traj = np.empty((n_draws, n_real, len(names), t_real))
         for s in range(n_traj):
             r, i = divmod(s, n_real)
