@@ -46,3 +46,34 @@ def test_deal_and_undeal_are_inverse_on_one_device():
     back = undeal_rows({k: np.asarray(v)[perm] for k, v in tree.items()}, perm)
     np.testing.assert_array_equal(back["a"], tree["a"])
     np.testing.assert_array_equal(back["b"], tree["b"])
+
+
+@pytest.mark.parametrize("method, n_patients, n_devices, expected",
+                         [("nuts", 1, 2, 2), ("nuts", 1, 16, 16), ("nuts", 3, 16, 5), ("nuts", 2, 2, 1),
+                          ("nuts", 40, 2, 1), ("nuts", 1, 1, 1), ("laplace", 1, 16, 1)])
+def test_chains_per_patient_fill_the_devices(method, n_patients, n_devices, expected):
+    from pkpd.forecasting.forecast import chains_per_patient
+
+    assert chains_per_patient(method, n_patients, n_devices) == expected
+
+
+def test_patients_chains_are_concatenated_and_cut_to_the_draws():
+    from pkpd.forecasting.forecast import _per_patient
+
+    # 2 real patients x 3 chains of 4 draws, then 2 padding rows; 10 draws asked for
+    n, chains, per, p = 2, 3, 4, 2
+    rows = n * chains + 2
+    xs = np.zeros((rows, per, p))
+    for r in range(rows):
+        xs[r] = 100 * r + np.arange(per * p).reshape(per, p)  # row r's values start at 100 r
+    theta = {"MTT": xs[:, :, 0]}
+    diag = {"divergences": np.arange(rows), "laplace_mode": np.arange(rows * p).reshape(rows, p)}
+    out_xs, out_theta, _, out_diag, r_hat = _per_patient((xs, theta, {}, diag), n, chains, 10)
+    assert out_xs.shape == (n, 10, p) and out_theta["MTT"].shape == (n, 10)
+    # patient 1's draws: its chains (rows 3, 4, 5) one after the other, the last cut to 2 draws
+    np.testing.assert_array_equal(out_xs[1], np.concatenate([xs[3], xs[4], xs[5][:2]]))
+    np.testing.assert_array_equal(out_theta["MTT"][0], np.concatenate([xs[0, :, 0], xs[1, :, 0], xs[2, :2, 0]]))
+    np.testing.assert_array_equal(out_diag["divergences"], [[0, 1, 2], [3, 4, 5]])
+    assert out_diag["laplace_mode"].shape == (n, chains, p)
+    # chains far apart: R-hat far above 1
+    assert len(r_hat) == n and min(r_hat) > 2

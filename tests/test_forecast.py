@@ -443,8 +443,8 @@ def test_grid_request_serves_the_likelihood_only(patient, laplace):
 
 # A forecast split across two host devices (pkpd.forecasting.devices) in a
 # subprocess (XLA's device count is fixed when JAX starts), against the same forecast on this
-# process's one device (the module's fixtures): one patient, so the second device gets the
-# padded row (skipped by NUTS).
+# process's one device (the module's fixtures): one patient, so Laplace's second device gets
+# the padded row, and NUTS runs two chains of 100 draws, one per device.
 _SPLIT_CHILD = textwrap.dedent(r"""
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -459,6 +459,8 @@ _SPLIT_CHILD = textwrap.dedent(r"""
         out[f"{method}_draws"] = fc.draws.drop(columns="id").to_numpy(float)
         out[f"{method}_trajectories"] = fc.trajectories
         out[f"{method}_devices"] = fc.diagnostics["devices"]
+        out[f"{method}_chains"] = fc.diagnostics["chains"]
+        out[f"{method}_r_hat"] = np.nan if fc.diagnostics["r_hat"] is None else fc.diagnostics["r_hat"][0]
     np.savez(sys.argv[3], devices=len(jax.devices()), **out)
 """)
 
@@ -485,6 +487,8 @@ def test_forecast_split_across_devices_matches_one_device(patient, laplace, nuts
 
     for method, fc in (("laplace", laplace[3]), ("nuts", nuts[3])):
         assert fc.diagnostics["devices"] == 1 and int(split[f"{method}_devices"]) == 2
+        assert fc.diagnostics["chains"] == 1 and fc.diagnostics["r_hat"] is None
+        assert int(split[f"{method}_chains"]) == (2 if method == "nuts" else 1)
         one, two = fc.draws.drop(columns="id").to_numpy(float), split[f"{method}_draws"]
         assert one.shape == two.shape == (200, one.shape[1])
         if method == "laplace":
@@ -492,10 +496,11 @@ def test_forecast_split_across_devices_matches_one_device(patient, laplace, nuts
             np.testing.assert_allclose(two, one, rtol=1e-8, atol=1e-12)
             np.testing.assert_allclose(split["laplace_trajectories"], fc.trajectories, rtol=1e-6, atol=1e-9)
         else:
-            # NUTS may amplify rounding into another chain of the same posterior: the posterior
-            # means of the random effects agree within 0.6 posterior SD (about 3.7 standard
-            # errors of the difference of two ~80-ESS means).
+            # Two chains of 100 draws against one of 200 (same posterior): the posterior means
+            # of the random effects agree within 0.6 posterior SD (about 3.7 standard errors of
+            # the difference of two ~80-ESS means), and the two chains agree with each other.
             z = [j for j, c in enumerate(fc.draws.drop(columns="id").columns) if c.startswith("z_")]
             a, b = one[:, z], two[:, z]
             assert np.all(np.abs(a.mean(0) - b.mean(0)) < 0.6 * a.std(0)), (a.mean(0), b.mean(0), a.std(0))
             assert np.all(np.isfinite(split["nuts_trajectories"]))
+            assert 0.98 < float(split["nuts_r_hat"]) < 1.05

@@ -44,9 +44,10 @@ Inference (``method``):
   :math:`x = \hat x + H^{-1/2}\varepsilon`, with the eigenvalues of :math:`H` floored
   at 1e-6 (Tierney & Kadane, J Am Stat Assoc 1986;81:82);
 * ``"nuts"``: NumPyro's NUTS kernel (:func:`numpyro.infer.hmc.hmc`), one chain per
-  patient, started at the Laplace mode with the Laplace covariance as a dense mass
-  matrix; ``warmup`` iterations tune the step size, then ``draws`` draws, all inside
-  one compiled function.
+  patient (with fewer patients than devices, ``devices // patients`` chains sharing the
+  draws: :func:`chains_per_patient`), started at the Laplace mode with the Laplace
+  covariance as a dense mass matrix; ``warmup`` iterations tune the step size, then the
+  draws, all inside one compiled function.
 
 The latent dimension is small (3 random effects for the Kloft card), so gradients and
 Hessians use forward-mode sensitivities of the ODE solve (``SolverOptions(adjoint=
@@ -350,7 +351,13 @@ class _Structure:
     draws: int
     warmup: int
     max_tree_depth: int
+    chains: int
     problem: PopulationProblem = field(compare=False, repr=False)
+
+    @property
+    def chain_draws(self) -> int:
+        """Draws per chain: ``ceil(draws / chains)`` (the last chain's surplus is dropped)."""
+        return -(-self.draws // self.chains)
 
     @property
     def n_latent(self) -> int:
@@ -544,16 +551,19 @@ def _nuts(structure: _Structure, potential, key, mode, cov, ok):
         s = sample_kernel(s)
         return s, (s.z, s.diverging, s.num_steps)
 
-    _, (xs, div, steps) = jax.lax.scan(body, state, None, length=structure.warmup + structure.draws)
+    last, (xs, div, steps) = jax.lax.scan(body, state, None, length=structure.warmup + structure.chain_draws)
     w = structure.warmup
-    return xs[w:], {"divergences": jnp.sum(div[w:]), "mean_steps": jnp.mean(steps[w:]), "converged": jnp.asarray(True)}
+    return xs[w:], {"divergences": jnp.sum(div[w:]), "mean_steps": jnp.mean(steps[w:]),
+                    "warmup_steps": jnp.sum(steps[:w]).astype(float), "step_size": last.adapt_state.step_size,
+                    "converged": jnp.asarray(True)}
 
 
 @eqx.filter_jit
-def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys, real):
-    """Posterior draws for every patient: the Laplace approximation vmapped over the subject
-    axis of ``pdata``, then the draws (NUTS on a CPU maps over the patients one after the other,
-    skipping the padded ones, ``real`` False), with the patients split across the devices when
+def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, patient_of_row, keys, real):
+    """Posterior draws for every *row* (one chain of one patient): the Laplace approximation
+    vmapped over the subject axis of ``pdata``, then each row's draws for its patient
+    ``patient_of_row`` with its key (NUTS on a CPU maps over the rows one after the other,
+    skipping the padded ones, ``real`` False), with the rows split across the devices when
     there are several (:func:`pkpd.forecasting.devices.over_devices`)."""
 
     def patient(pdata_one):
@@ -567,6 +577,7 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys, rea
     # Outside the device split: optimistix's BFGS fails inside shard_map (lineax checks the
     # operator's input and output structures, one of which carries the mesh; lineax issue #185).
     approx = jax.vmap(laplace)(pdata)
+    pdata, approx = jax.tree_util.tree_map(lambda a: a[patient_of_row], (pdata, approx))
 
     def draw(pdata_one, key, approx_one):
         potential, params = patient(pdata_one)
@@ -574,9 +585,10 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, keys, rea
         if structure.method == "nuts":
             xs, diag = _nuts(structure, potential, key, mode, cov, ok)
         else:
-            eps = jax.random.normal(key, (structure.draws, structure.n_latent))
+            eps = jax.random.normal(key, (structure.chain_draws, structure.n_latent))
             xs = mode + eps @ scale.T
-            diag = {"divergences": jnp.asarray(0), "mean_steps": steps.astype(float), "converged": ok}
+            diag = {"divergences": jnp.asarray(0), "mean_steps": steps.astype(float), "warmup_steps": jnp.asarray(0.0),
+                    "step_size": jnp.asarray(jnp.nan), "converged": ok}
         diag = {**diag, "laplace_mode": mode, "laplace_covariance": cov}
         theta, sigma = jax.vmap(params)(xs)
         theta = {k: v[:, 0] for k, v in theta.items()}
@@ -656,7 +668,7 @@ def _pad_obs(arrays: dict, n: int) -> dict:
     return {k: _pad_columns(v, n, _OBS_FILL.get(k)) for k, v in arrays.items()}
 
 
-def _structure(problem: PopulationProblem, integrated: bool, method, draws, warmup, depth) -> _Structure:
+def _structure(problem: PopulationProblem, integrated: bool, method, draws, warmup, depth, chains=1) -> _Structure:
     return _Structure(
         likelihood_key=_likelihood_key(problem),
         estimated=tuple(problem.estimated),
@@ -667,8 +679,45 @@ def _structure(problem: PopulationProblem, integrated: bool, method, draws, warm
         draws=int(draws),
         warmup=int(warmup) if method == "nuts" else 0,  # unused by Laplace: keep one compile for any value
         max_tree_depth=int(max_tree_depth_ok(depth)) if method == "nuts" else 0,
+        chains=int(chains),
         problem=problem,
     )
+
+
+def chains_per_patient(method: str, n_patients: int, n_devices: int | None = None) -> int:
+    """NUTS chains per patient: one, unless there are fewer patients than devices (default: the
+    local devices), when each patient gets ``n_devices // n_patients`` chains sharing its draws,
+    so that every device works: a patient's draws then take ``warmup + draws / chains``
+    iterations of one chain's time instead of ``warmup + draws``. Laplace draws are independent
+    already: one "chain"."""
+    d = n_devices or len(jax.local_devices())
+    return max(1, d // n_patients) if method == "nuts" else 1
+
+
+def _per_patient(rows, n_real: int, chains: int, draws: int):
+    """The first ``n_real * chains`` rows of an :func:`_infer` result (undealt) per patient:
+    ``(xs, theta, sigma)`` with the chains' draws concatenated and cut to ``draws``
+    (``xs [n_real, draws, p]``; ``theta`` and ``sigma`` ``{name: [n_real, draws]}``), the
+    diagnostics ``{name: [n_real, chains, ...]}`` and, with several chains, each patient's largest
+    split R-hat over its latent variables (:func:`numpyro.diagnostics.split_gelman_rubin`, on the
+    chains as run; else None)."""
+    xs, theta, sigma, diag = rows
+    chain_xs = np.asarray(xs)[:n_real * chains]
+    r_hat = None
+    if chains > 1:
+        from numpyro.diagnostics import split_gelman_rubin
+
+        per_patient = chain_xs.reshape(n_real, chains, *chain_xs.shape[1:])
+        r_hat = [float(np.max(split_gelman_rubin(c))) for c in per_patient]
+
+    def draws_of(a):
+        a = np.asarray(a)[:n_real * chains]
+        return a.reshape(n_real, chains * a.shape[1], *a.shape[2:])[:, :draws]
+
+    theta = {k: draws_of(v) for k, v in theta.items()}
+    sigma = {k: draws_of(v) for k, v in sigma.items()}
+    diag = {k: np.asarray(v)[:n_real * chains].reshape(n_real, chains, *np.shape(v)[1:]) for k, v in diag.items()}
+    return draws_of(xs), theta, sigma, diag, r_hat
 
 
 def max_tree_depth_ok(depth) -> int:
@@ -811,7 +860,8 @@ class Forecast:
         Per patient: divergences, mean leapfrog steps (NUTS) or BFGS steps (Laplace),
         convergence flag, the Laplace approximation (``laplace_mode`` [patients, p],
         ``laplace_covariance`` [patients, p, p] on the scale of ``latent_names``);
-        inference and total wall times (s).
+        ``chains`` per patient and, with several, each patient's largest split R-hat
+        (``r_hat``; else None); ``devices``; inference and total wall times (s).
     model_name, prior_name, interval, horizon_h
     """
 
@@ -991,7 +1041,10 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     draws, warmup, max_tree_depth : int
         Posterior draws (both methods); NUTS warm-up iterations and tree depth. NUTS starts
         at the Laplace mode with the Laplace covariance as its mass matrix, so warm-up only
-        tunes the step size (100 iterations suffice; trees are typically 2-3 deep).
+        tunes the step size (100 iterations suffice; trees are typically 2-3 deep). With
+        fewer patients than devices (on a CPU, host devices: ``pkpd forecast`` creates one
+        per core) each patient's draws are shared by ``devices // patients`` NUTS chains,
+        one per device, each with its own ``warmup`` (:func:`chains_per_patient`).
     solver : SolverOptions, optional
         ODE settings of the patient's likelihood (default: those of population fits, or
         a fit prior's); the adjoint is forced to forward mode. An ``"rk4-grid"`` is checked
@@ -1069,25 +1122,34 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
         pdata["data"] = _pad_grid(pdata["data"], bucket_size(pdata["data"]["grid"].shape[1], MIN_GRID))
     pdata = _pad_subjects(pdata, n_real)
     shared = {"mean": jnp.asarray(mean), "chol": jnp.asarray(chol), "corr_chol": jnp.asarray(corr_chol)}
-    structure = _structure(problem, integrated, method, draws, warmup, max_tree_depth)
+    chains = chains_per_patient(method, n_real)
+    structure = _structure(problem, integrated, method, draws, warmup, max_tree_depth, chains)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), n_sub)
-    (pdata, keys), order = deal_rows((pdata, keys), n_real)
-    real = jnp.asarray(order < n_real)
+    if chains == 1:  # one row per (padded) patient
+        patient_of_row = np.arange(n_sub)
+    else:  # the patients' chains, chain-major within a patient, each with its own key
+        patient_of_row = np.repeat(np.arange(n_real), chains)
+        keys = jax.vmap(lambda k: jax.random.split(k, chains))(keys[:n_real]).reshape(n_real * chains, -1)
+    n_chains = n_real * chains
+    (patient_of_row, keys), order = deal_rows((jnp.asarray(patient_of_row), keys), n_chains)
+    real = jnp.asarray(order < n_chains)
     t0 = time.perf_counter()
-    xs, theta, sigma, diag = undeal_rows(_infer(structure, problem.dynamics, pdata, shared, keys, real), order)
-    xs = np.asarray(xs)[:n_real]
+    out = undeal_rows(_infer(structure, problem.dynamics, pdata, shared, patient_of_row, keys, real), order)
     infer_s = time.perf_counter() - t0
-    theta = {k: np.asarray(v)[:n_real] for k, v in theta.items()}
-    sigma = {k: np.asarray(v)[:n_real] for k, v in sigma.items()}
+    xs, theta, sigma, diag, r_hat = _per_patient(out, n_real, chains, int(draws))
     diagnostics = {
-        "divergences": np.asarray(diag["divergences"])[:n_real].tolist(),
-        "mean_steps": np.asarray(diag["mean_steps"])[:n_real].tolist(),
-        "converged": np.asarray(diag["converged"])[:n_real].tolist(),
-        "laplace_mode": np.asarray(diag["laplace_mode"])[:n_real],
-        "laplace_covariance": np.asarray(diag["laplace_covariance"])[:n_real],
+        "divergences": np.asarray(diag["divergences"]).sum(axis=1).tolist(),
+        "mean_steps": np.asarray(diag["mean_steps"]).mean(axis=1).tolist(),
+        "warmup_steps": np.asarray(diag["warmup_steps"]).sum(axis=1).tolist(),
+        "step_size": np.asarray(diag["step_size"]).mean(axis=1).tolist(),
+        "converged": np.asarray(diag["converged"]).all(axis=1).tolist(),
+        "laplace_mode": np.asarray(diag["laplace_mode"])[:, 0],
+        "laplace_covariance": np.asarray(diag["laplace_covariance"])[:, 0],
         "latent_names": structure.latent_names(),
         "inference_s": infer_s,
         "devices": len(jax.local_devices()),
+        "chains": chains,
+        "r_hat": r_hat,
         "integrated_population": integrated,
     }
     observed = {}
