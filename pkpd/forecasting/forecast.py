@@ -617,6 +617,7 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, patient_o
 #: a dense hourly grid is saved block by block instead of once per dose segment.
 SAVE_CHUNK = 128
 
+
 @eqx.filter_jit
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
     """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``).
@@ -858,7 +859,8 @@ class Forecast:
         Start of the forecast cycle (h).
     diagnostics : dict
         Per patient: divergences, mean leapfrog steps (NUTS) or BFGS steps (Laplace),
-        convergence flag, the Laplace approximation (``laplace_mode`` [patients, p],
+        NUTS warm-up leapfrog steps (``warmup_steps``, summed over chains) and adapted
+        ``step_size`` (mean over chains), convergence flag, the Laplace approximation (``laplace_mode`` [patients, p],
         ``laplace_covariance`` [patients, p, p] on the scale of ``latent_names``);
         ``chains`` per patient and, with several, each patient's largest split R-hat
         (``r_hat``; else None); ``devices``; inference and total wall times (s).
