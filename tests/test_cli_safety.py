@@ -366,6 +366,9 @@ def test_demo_writes_its_files_together_and_announces_replacement(tmp_path, caps
         def plot(self, path):
             Path(path).write_bytes(b"png")
 
+        def check(self):
+            return ["patient 8: 2 divergent transition(s)"]
+
     monkeypatch.setattr(pkpd.infer.fit, "fit", lambda *a, **k: FakeFit())
     monkeypatch.setattr(pkpd.forecasting.forecast, "forecast", lambda *a, **k: FakeForecast())
     out = tmp_path / "demo"
@@ -373,6 +376,7 @@ def test_demo_writes_its_files_together_and_announces_replacement(tmp_path, caps
     assert status == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["forecast.json", "forecast.png", "population_fit.nc"]
     assert "replaced" not in stdout
+    assert "warning: patient 8: 2 divergent transition(s)" in stdout  # the forecast's own check, shown
     (out / "forecast.json").write_text("old")
     status, stdout, err = cli(["demo", "--out", out], capsys)
     assert status == 0 and f"wrote {out / 'forecast.json'} (replaced the previous file)" in stdout

@@ -8,6 +8,7 @@ method serves every data cut-off.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -91,6 +92,27 @@ def test_methods_agree(laplace, nuts):
     a, b = laplace[9].entries[0]["nadir"], nuts[9].entries[0]["nadir"]
     assert abs(np.log(a["median"]) - np.log(b["median"])) < 0.3
     assert nuts[9].diagnostics["divergences"][0] <= 5
+
+
+def test_check_names_each_patients_sampling_problem(laplace, nuts):
+    """Forecast.check: one line per problem, naming the patient; nothing for clean draws."""
+    fc = nuts[9]
+    assert ("divergent" in " ".join(fc.check())) == (fc.diagnostics["divergences"][0] > 0)
+    assert laplace[9].check() == []
+    pid = fc.ids[0]
+    clean = {"divergences": [0], "r_hat": [1.04], "converged": [True], "chains": 2}
+    bad = {"divergences": [3], "r_hat": [1.2], "converged": [False], "chains": 2}
+    assert copy.copy(fc).check() == fc.check()
+    probe = copy.copy(fc)
+    probe.diagnostics = clean
+    assert probe.check() == []
+    probe.diagnostics = bad
+    problems = probe.check()
+    assert len(problems) == 3 and all(p.startswith(f"patient {pid}:") for p in problems)
+    assert "3 divergent" in problems[0] and "1.200 across 2 chains" in problems[1]
+    assert "did not converge" in problems[2]
+    probe.diagnostics = {**clean, "r_hat": None}  # one chain: no R-hat to judge
+    assert probe.check() == []
 
 
 @contextlib.contextmanager

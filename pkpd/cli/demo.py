@@ -88,6 +88,8 @@ def run(args) -> int:
     with pd.option_context("display.width", 140, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(f"({time.perf_counter() - t0:.0f} s)")
+    for problem in fc.check():
+        print(f"warning: {problem}")
     truth = data.subset([held_out]).df
     cycle2 = truth[(truth["EVID"] == 0) & (truth["DVID"] == 2) & (truth["TIME"] > CYCLE_H)]
     if len(cycle2):

@@ -66,6 +66,8 @@ def run(args) -> int:
         fc = forecast(args.prior, data, args.regimen, horizon=args.horizon, method=args.method,
                       lineage=args.lineage, draws=args.draws, seed=args.seed, covariates=covariates or None)
     _print_entries(fc)
+    for problem in fc.check():
+        print(f"warning: {problem}")
     if result is not None:
         print()
         print(result.text())

@@ -60,6 +60,8 @@ def run(args) -> int:
                   cycle_length=args.cycle_length, horizon=args.horizon, method=args.method, draws=args.draws,
                   seed=args.seed, covariates=covariates or None)
     print(result.text())
+    for problem in result.forecast.check():
+        print(f"warning: {problem}")
     if outputs:
         from ..io import atomic_paths
 

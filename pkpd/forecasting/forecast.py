@@ -116,6 +116,9 @@ GRID_TOLERANCE = 1e-5
 
 #: Default readiness check: hours after the start of the forecast cycle (21 days).
 READY_AFTER_H = 504.0
+#: A patient's largest split R-hat across its chains above this is reported by
+#: :meth:`Forecast.check` (short per-patient chains: see there).
+R_HAT_WARN = 1.05
 
 _NO_REGIMEN = "doses in data"
 
@@ -901,6 +904,38 @@ class Forecast:
             raise PkpdError(f"lineage {lin!r} was not forecast (lineages: {list(self.lineages)})")
         return lin
 
+    def check(self) -> list[str]:
+        """Plain-language problems with the patients' posterior draws, one line each.
+
+        NUTS: divergent transitions (the draws may miss part of the posterior) and, when a
+        patient's draws come from several chains (more devices than patients), a largest
+        split R-hat above ``R_HAT_WARN`` = 1.05 (the chains disagree: raise ``draws``). The
+        bound is the looser one of Gelman et al. (2013) rather than the 1.01 of Vehtari et
+        al. (2021) used for population fits: a patient's chains here are short, a few
+        hundred draws, and the largest of the split R-hats of all its latent variables
+        exceeds 1.01 by chance. Laplace: a mode search that did not converge (the
+        approximation is centred on a point that is not the mode). An empty list means
+        none of these was seen, not that the draws are exact.
+        """
+        d = self.diagnostics or {}
+        n = len(self.ids)
+        divergences = d.get("divergences") or [0] * n
+        r_hat = d.get("r_hat") or [None] * n
+        converged = d.get("converged") or [True] * n
+        draws = self.trajectories.shape[0]
+        problems = []
+        for pid, div, rh, ok in zip(self.ids, divergences, r_hat, converged):
+            if div > 0:
+                problems.append(f"patient {pid}: {int(div)} divergent transition(s) in {draws} NUTS draws: the "
+                                "forecast may miss part of the posterior (check the patient's data and the prior)")
+            if rh is not None and np.isfinite(rh) and rh > R_HAT_WARN:
+                problems.append(f"patient {pid}: split R-hat {rh:.3f} across {d.get('chains')} chains "
+                                f"(> {R_HAT_WARN}): the chains disagree; raise draws")
+            if not ok:
+                problems.append(f"patient {pid}: the Laplace mode search did not converge: its forecast is "
+                                "centred on a point that is not the posterior mode; use method='nuts'")
+        return problems
+
     def table(self, lineage=None) -> pd.DataFrame:
         """One row per patient × regimen (:func:`pkpd.reporting.forecast.patient_table`) of a lineage
         (default the primary one)."""
@@ -1153,6 +1188,7 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
         "chains": chains,
         "r_hat": r_hat,
         "integrated_population": integrated,
+        "method": method,
     }
     observed = {}
     for lin in lineages:

@@ -321,9 +321,13 @@ def report_forecast(forecast, out_dir, *, overwrite: bool = True, log: bool = Fa
                 page.figure(f"fan-{lin}-{pid}", path.read_bytes(), alt=f"fan chart {lin} patient {pid}")
     d = fc.diagnostics or {}
     flat = {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
-    if flat:
+    problems = fc.check()
+    if flat or problems:
         page.section("Diagnostics")
-        page.raw(table_html(pd.DataFrame([flat]), index=False))
+        for problem in problems:
+            page.text(problem, cls="warn")
+        if flat:
+            page.raw(table_html(pd.DataFrame([flat]), index=False))
     page.section("Run")
     page.meta([("report wall time", f"{time.perf_counter() - start:.1f} s")])
     page.text("Forecast endpoints follow the forecast JSON schema of pkpd.reporting.forecast.", cls="note")
