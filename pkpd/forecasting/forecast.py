@@ -92,7 +92,7 @@ import optimistix as optx
 import pandas as pd
 
 from . import endpoints as ep
-from .devices import deal_rows, over_devices, undeal_rows
+from .devices import deal_rows, over_devices, rows_for_devices, undeal_rows
 from .lineage import baseline_parameter, get_lineage, model_lineages
 from .lineage_endpoints import lineage_endpoints
 from ..buckets import bucket_size
@@ -625,9 +625,12 @@ SAVE_CHUNK = 128
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
     """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``).
 
-    Runs on one device. Split across two CPU host devices (``shard_map`` over the draws), this
-    computation deadlocked with 40 patients x 500 draws (every XLA thread idle, with equinox's
-    checks as NaN or as callbacks alike; it ran with 1 patient x 200 draws); cause not found."""
+    The draws are split across the local devices (:func:`pkpd.forecasting.devices.over_devices`;
+    padded with copies of draw 0 to a multiple of the device count, cut off after). This once
+    deadlocked on CPU host devices: jaxlib 0.10's batched LAPACK ``eigh`` (then used for the PK
+    modes) hands its batch to the intra-op thread pool and waits, while every pool thread runs a
+    device's program; the PK modes now come from :func:`pkpd.model.pk.closed_form.symmetric_eigen`
+    (no LAPACK)."""
     order = jnp.full_like(t, jnp.inf)
 
     def one(th):
@@ -635,7 +638,11 @@ def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, 
         return {o: out[o] for o in outputs}, ok
 
     n = next(iter(theta.values())).shape[0]
-    return jax.lax.map(one, theta, batch_size=min(n, 100))
+    n_pad = rows_for_devices(n)
+    theta = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], n_pad - n, axis=0)]), theta)
+    per = n_pad // len(jax.local_devices())
+    ys, ok = over_devices(lambda th: jax.lax.map(one, th, batch_size=min(per, 100)))(theta)
+    return jax.tree_util.tree_map(lambda a: a[:n], (ys, ok))
 
 
 # ----------------------------------------------------------------------------- host helpers
