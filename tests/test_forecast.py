@@ -477,7 +477,7 @@ _SPLIT_CHILD = textwrap.dedent(r"""
     data = pkpd.read_dataset(sys.argv[2])
     out = {"data_hash": data.hash}
     for method in ("laplace", "nuts"):
-        # Laplace: one draw more, so the trajectories' draws are padded to a multiple of the devices
+        # Laplace: one draw more (an odd count on two devices)
         fc = pkpd.forecast(sys.argv[4], data, method=method, draws=201 if method == "laplace" else 200, warmup=150,
                            seed=1)
         out[f"{method}_draws"] = fc.draws.drop(columns="id").to_numpy(float)
@@ -518,8 +518,7 @@ def test_forecast_split_across_devices_matches_one_device(patient, laplace, nuts
         if method == "laplace":
             # 201 draws whose first 200 are the one-device forecast's (JAX's partitionable
             # threefry: a normal draw depends on its index, not on the shape asked for), up to
-            # rounding (measured: 5e-11 relative), and so are their trajectories, solved on the
-            # two devices (201 draws padded to 202).
+            # rounding (measured: 5e-11 relative), and so are their trajectories.
             assert two.shape == (201, one.shape[1])
             np.testing.assert_allclose(two[:200], one, rtol=1e-8, atol=1e-12)
             traj = split["laplace_trajectories"]

@@ -32,7 +32,7 @@ Patients are independent: they are processed by one vectorised (``vmap``) comput
 over the patient axis (NUTS on a CPU: one patient after the other, ``lax.map``), split
 across the devices when there are several (on a CPU, host devices: one per core with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which ``pkpd forecast`` and ``pkpd
-plan`` set; :mod:`pkpd.forecasting.devices`); so are the trajectories' draws (see
+plan`` set; :mod:`pkpd.forecasting.devices`). The trajectories run on one device (see
 :func:`_trajectories`).
 
 Inference (``method``):
@@ -616,8 +616,6 @@ def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, patient_o
     return over_devices(block)(pdata, keys, real, approx)
 
 
-#: Draws solved together (vmapped) in each step of the trajectory solves' ``lax.map``.
-TRAJECTORY_BATCH = 100
 #: Output block of the trajectory solves (``save_chunk`` of :func:`pkpd.solve.solver.solve_subject`):
 #: a dense hourly grid is saved block by block instead of once per dose segment.
 SAVE_CHUNK = 128
@@ -627,30 +625,19 @@ SAVE_CHUNK = 128
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
     """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``).
 
-    The draws are split across the local devices (:func:`pkpd.forecasting.devices.over_devices`),
-    each device solving blocks of at most :data:`TRAJECTORY_BATCH` draws, vmapped; the draws are
-    padded with copies of draw 0 to fill the blocks and cut off after. This once
-    deadlocked on CPU host devices: jaxlib 0.10's batched LAPACK ``eigh`` (then used for the PK
-    modes) hands its batch to the intra-op thread pool and waits, while every pool thread runs a
-    device's program; the PK modes now come from :func:`pkpd.model.pk.closed_form.symmetric_eigen`
-    (no LAPACK)."""
+    Runs on one device. Split across CPU host devices (``shard_map`` over the draws), it
+    deadlocks on jax 0.10: the PK modes' batched ``jnp.linalg.eigh`` (LAPACK) hands its batch to
+    the intra-op thread pool and blocks, while every pool thread runs a device's program (gdb;
+    benchmarks/README.md, 2026-12-03). A LAPACK-free eigen-decomposition (cyclic Jacobi) removed
+    the deadlock but made the solves' compilation far slower; not shipped."""
     order = jnp.full_like(t, jnp.inf)
 
     def one(th):
         out, ok, _ = predict_outputs(dynamics, tdata, th, t, order, solver, SAVE_CHUNK)
         return {o: out[o] for o in outputs}, ok
 
-    # Per device k blocks of `batch` draws (at most TRAJECTORY_BATCH), the draws padded to fill
-    # them exactly: a remainder block would compile the solve a second time.
     n = next(iter(theta.values())).shape[0]
-    devices = len(jax.local_devices())
-    per = -(-n // devices)
-    k = -(-per // TRAJECTORY_BATCH)
-    batch = -(-per // k)
-    n_pad = devices * k * batch
-    theta = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], n_pad - n, axis=0)]), theta)
-    ys, ok = over_devices(lambda th: jax.lax.map(one, th, batch_size=batch))(theta)
-    return jax.tree_util.tree_map(lambda a: a[:n], (ys, ok))
+    return jax.lax.map(one, theta, batch_size=min(n, 100))
 
 
 # ----------------------------------------------------------------------------- host helpers

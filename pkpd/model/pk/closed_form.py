@@ -16,8 +16,8 @@ compartments (volumes :math:`V_j`); in concentrations :math:`c = A/V`,
     L_{11} = CL + \textstyle\sum_j Q_j,\; L_{1j} = L_{j1} = -Q_j,\; L_{jj} = Q_j .
 
 :math:`L` is symmetric, so :math:`S = V^{-1/2} L V^{-1/2}` has an orthonormal
-eigen-decomposition :math:`S = U \Lambda U^\top` (:func:`symmetric_eigen`, cyclic Jacobi:
-differentiable, any device). A unit bolus into compartment :math:`j` gives the central concentration
+eigen-decomposition :math:`S = U \Lambda U^\top` (``jnp.linalg.eigh``, differentiable,
+any device). A unit bolus into compartment :math:`j` gives the central concentration
 
 .. math::
 
@@ -59,7 +59,6 @@ __all__ = [
     "PKModes",
     "DoseInputs",
     "pk_modes",
-    "symmetric_eigen",
     "resolve_doses",
     "central_concentration",
     "canonical_pk_params",
@@ -137,62 +136,6 @@ class PKModes(NamedTuple):
     coef: jax.Array
 
 
-#: Cyclic Jacobi sweeps of :func:`symmetric_eigen` for 3 x 3 and larger (2 x 2 needs one
-#: rotation). Measured on 400 random 3-compartment matrices with rates spanning 9 decades:
-#: after 3 sweeps U diag(lam) U^T is off by 2e-9 of ||S||, after 4 by 1e-15 (quadratic
-#: convergence); 5 leave a margin. Each sweep adds to the compile time of every solve.
-JACOBI_SWEEPS = 5
-
-
-def symmetric_eigen(sym) -> tuple[jax.Array, jax.Array]:
-    r"""Eigenvalues (ascending) and orthonormal eigenvectors (columns) of a small symmetric matrix.
-
-    The cyclic Jacobi method with a fixed number of sweeps (:data:`JACOBI_SWEEPS`), written in
-    scalar operations: each rotation of the pair :math:`(p, q)` zeroes :math:`a_{pq}` with
-    :math:`t = \tan\theta = a_{pq} / (d + \operatorname{sgn}(d)\sqrt{d^2 + a_{pq}^2})`,
-    :math:`d = (a_{qq} - a_{pp})/2`, :math:`c = 1/\sqrt{1+t^2}`, :math:`s = tc`
-    (Golub & Van Loan, *Matrix Computations*, 4th ed., 2013, sec. 8.5.2; Press et al.,
-    *Numerical Recipes*, 3rd ed., 2007, sec. 11.1). It agrees with ``jnp.linalg.eigh`` to
-    ~1e-12 relative and gives the slowest rate of a 3-compartment matrix to ~1e-12 of itself,
-    where LAPACK's absolute accuracy loses up to 3e-10 (``tests/test_pk.py``); it is
-    differentiable (no division by :math:`a_{pq}`; a zero pair is left alone) and free of LAPACK: jaxlib 0.10's batched CPU ``eigh`` hands its batch to the intra-op thread
-    pool and blocks on it, which deadlocks when every pool thread runs a device's program
-    (a batch forecast split across CPU host devices); Jacobi's few scalar operations also
-    fuse with the rest of the solve.
-    """
-    n = sym.shape[0]
-    a = [[sym[i, j] for j in range(n)] for i in range(n)]
-    v = [[jnp.ones_like(sym[0, 0]) if i == j else jnp.zeros_like(sym[0, 0]) for j in range(n)] for i in range(n)]
-    sweeps = 1 if n == 2 else JACOBI_SWEEPS
-    for _ in range(sweeps):
-        for p in range(n - 1):
-            for q in range(p + 1, n):
-                apq = a[p][q]
-                d = 0.5 * (a[q][q] - a[p][p])
-                r2 = d * d + apq * apq
-                r = jnp.sqrt(jnp.where(r2 > 0, r2, 1.0)) * (r2 > 0)
-                den = d + jnp.where(d >= 0, 1.0, -1.0) * r
-                t = apq / jnp.where(den != 0, den, 1.0)
-                c = 1.0 / jnp.sqrt(1.0 + t * t)
-                s_ = t * c
-                app, aqq = a[p][p] - t * apq, a[q][q] + t * apq
-                for k in range(n):
-                    if k not in (p, q):
-                        akp, akq = a[k][p], a[k][q]
-                        a[k][p] = a[p][k] = c * akp - s_ * akq
-                        a[k][q] = a[q][k] = s_ * akp + c * akq
-                a[p][p], a[q][q] = app, aqq
-                a[p][q] = a[q][p] = jnp.zeros_like(apq)
-                for k in range(n):
-                    vkp, vkq = v[k][p], v[k][q]
-                    v[k][p] = c * vkp - s_ * vkq
-                    v[k][q] = s_ * vkp + c * vkq
-    lam = jnp.stack([a[i][i] for i in range(n)])
-    u = jnp.stack([jnp.stack(row) for row in v])
-    order = jnp.argsort(lam)
-    return lam[order], u[:, order]
-
-
 def pk_modes(params: dict, model: str, absorption: bool) -> PKModes:
     """Eigen-modes of one subject's PK model from canonical parameters (scalars)."""
     n = PK_MODELS[model]
@@ -220,7 +163,7 @@ def pk_modes(params: dict, model: str, absorption: bool) -> PKModes:
         lam = sym[0]
         u = jnp.ones((1, 1), dtype)
     else:
-        lam, u = symmetric_eigen(sym)
+        lam, u = jnp.linalg.eigh(sym)
     # Concentration in central per unit amount into disposition compartment j, per mode.
     disp = u[0][None, :] * u / (sqrt_v[0] * sqrt_v[:, None])  # [n (input cmt), n (mode)]
     zero_mode = jnp.zeros((n, 1), dtype)
