@@ -629,7 +629,7 @@ def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, 
     deadlocks on jax 0.10: the PK modes' batched ``jnp.linalg.eigh`` (LAPACK) hands its batch to
     the intra-op thread pool and blocks, while every pool thread runs a device's program (gdb;
     benchmarks/README.md, 2026-12-03). A LAPACK-free eigen-decomposition (cyclic Jacobi) removed
-    the deadlock but made the solves' compilation far slower; not shipped."""
+    the deadlock but made fits much slower; not shipped."""
     order = jnp.full_like(t, jnp.inf)
 
     def one(th):
