@@ -77,3 +77,14 @@ def test_patients_chains_are_concatenated_and_cut_to_the_draws():
     assert out_diag["laplace_mode"].shape == (n, chains, p)
     # chains far apart: R-hat far above 1
     assert len(r_hat) == n and min(r_hat) > 2
+
+
+def test_chains_too_short_to_split_give_no_r_hat():
+    """``draws=2`` shared by two chains (the smallest forecast allowed): one draw per chain, which
+    split R-hat cannot use (it needs 4); no R-hat rather than a failure."""
+    from pkpd.forecasting.forecast import _per_patient
+
+    xs = np.arange(4.0).reshape(2, 1, 2)  # 1 patient x 2 chains of 1 draw, 2 latent variables
+    out_xs, _, _, _, r_hat = _per_patient((xs, {}, {}, {}), 1, 2, 2)
+    assert r_hat is None
+    np.testing.assert_array_equal(out_xs[0], xs[:, 0])

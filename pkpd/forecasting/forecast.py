@@ -706,11 +706,11 @@ def _per_patient(rows, n_real: int, chains: int, draws: int):
     (``xs [n_real, draws, p]``; ``theta`` and ``sigma`` ``{name: [n_real, draws]}``), the
     diagnostics ``{name: [n_real, chains, ...]}`` and, with several chains, each patient's largest
     split R-hat over its latent variables (:func:`numpyro.diagnostics.split_gelman_rubin`, on the
-    chains as run; else None)."""
+    chains as run; else None, also when the chains are too short to split: under 4 draws each)."""
     xs, theta, sigma, diag = rows
     chain_xs = np.asarray(xs)[:n_real * chains]
     r_hat = None
-    if chains > 1:
+    if chains > 1 and chain_xs.shape[1] >= 4:
         from numpyro.diagnostics import split_gelman_rubin
 
         per_patient = chain_xs.reshape(n_real, chains, *chain_xs.shape[1:])
