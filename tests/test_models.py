@@ -72,6 +72,41 @@ def test_no_drug_steady_state_every_card(card):
     assert rel < 1e-9, f"{card}: states drift by {rel:.2e} relative without drug"
 
 
+def test_default_solver_is_the_cards_integrator_in_simulations_fits_and_forecasts():
+    """``SolverOptions()`` says ``solver="auto"``: simulations, population fits and forecasts take
+    the card's recommended integrator (Kvaerno5 for the stiff Quartino G-CSF feedback card; before,
+    the card's advice was ignored and Tsit5 forecasts of such patients failed their mode search),
+    Tsit5 for cards that name none, and a solver named explicitly is kept."""
+    import pkpd
+    from pkpd.forecasting.forecast import _forecast_solvers
+    from pkpd.stats.population import FitSpec, PopulationProblem
+
+    stiff, plain = load_model("quartino2014_docetaxel_gcsf"), load_model("kloft2006_docetaxel")
+    assert stiff.card.solver == "kvaerno5" and not plain.card.solver
+    assert SolverOptions().solver == "auto"
+    assert stiff.solver_options().solver == "kvaerno5" and plain.solver_options().solver == "tsit5"
+    assert stiff.solver_options(SolverOptions(solver="tsit5")).solver == "tsit5"
+    assert stiff.solver_options(SolverOptions(rtol=1e-5)).rtol == 1e-5
+
+    times = np.arange(0.0, 15 * 24 + 1, 24.0)
+    run = lambda **kw: simulate(stiff, "docetaxel 100 mg/m2 1h", covariates={"BSA": BSA}, times=times,  # noqa: E731
+                                iiv=False, residual=False, **kw)["IPRED"].to_numpy()
+    default = run()
+    kvaerno, tsit = run(options=SolverOptions(solver="kvaerno5")), run(options=SolverOptions(solver="tsit5"))
+    np.testing.assert_array_equal(default, kvaerno)
+    assert not np.array_equal(default, tsit)
+
+    ds = pkpd.read_dataset(simulate(stiff, "docetaxel 100 mg/m2 1h", covariates={"BSA": BSA}, times=times[:8],
+                                    iiv=False).drop(columns="IPRED"))
+    assert PopulationProblem(stiff, ds, FitSpec()).solver.solver == "kvaerno5"
+    assert PopulationProblem(stiff, ds, FitSpec(solver=SolverOptions(solver="tsit5"))).solver.solver == "tsit5"
+    for asked in (None, SolverOptions(), SolverOptions(solver="rk4-grid")):
+        inference, trajectories = _forecast_solvers(stiff, asked)
+        assert trajectories.solver == "kvaerno5" and trajectories.adjoint == "forward"
+        assert inference.solver == ("rk4-grid" if asked is not None and asked.solver == "rk4-grid" else "kvaerno5")
+    assert _forecast_solvers(plain, None)[0].solver == "tsit5"
+
+
 def _kloft_cycles(n_cycles):
     return [(21 * 24.0 * c, 100 * BSA, 100 * BSA) for c in range(n_cycles)]
 

@@ -284,18 +284,17 @@ class Model:
         return regimen.to_records(covariates, id=id, drugs=inputs), used
 
     def solver_options(self, options=None):
-        """``options`` (default :class:`pkpd.solve.solver.SolverOptions`) with the card's
-        recommended integrator (``solver = "kvaerno5"`` for stiff models) when it names one
-        and ``options`` uses the default adaptive integrator."""
+        """``options`` (default :class:`pkpd.solve.solver.SolverOptions`) with ``solver="auto"``
+        resolved: the card's recommended integrator (``solver = "kvaerno5"`` for stiff models)
+        when it names one, else ``"tsit5"``. A solver named explicitly is kept.
+        Fits, forecasts and simulations resolve their options here."""
         import dataclasses
 
-        from ..solve.solver import SolverOptions
+        from ..solve.solver import AUTO_SOLVER, SolverOptions
 
         options = SolverOptions() if options is None else options
-        if self.card.solver and options.solver == "tsit5":
-            fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
-            fields["solver"] = self.card.solver
-            return SolverOptions(**fields)
+        if options.solver == AUTO_SOLVER:
+            return dataclasses.replace(options, solver=self.card.solver or "tsit5")
         return options
 
     @property

@@ -40,6 +40,9 @@ __all__ = ["SolverOptions", "prepare_subjects", "solve_subject", "solve_batch", 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8, "kvaerno5": diffrax.Kvaerno5}
 #: Fixed-grid classical Runge-Kutta (see :func:`solve_subject`); grids are built on the host.
 GRID_SOLVER = "rk4-grid"
+#: The default integrator: the model card's recommended one (``solver = "kvaerno5"`` for the stiff
+#: G-CSF feedback cards), resolved by :meth:`pkpd.Model.solver_options`; Tsit5 where the card names none.
+AUTO_SOLVER = "auto"
 
 
 class SolverOptions(eqx.Module):
@@ -53,8 +56,13 @@ class SolverOptions(eqx.Module):
         reference across single and repeated infusions (``tests/test_solve.py``).
     max_steps : int
         Step budget per subject; exceeding it is a failed solve (status False).
-    solver : {"tsit5", "dopri5", "dopri8", "kvaerno5", "rk4-grid"}
-        Adaptive diffrax solvers, or ``"rk4-grid"``: classical RK4 on a fixed grid built
+    solver : {"auto", "tsit5", "dopri5", "dopri8", "kvaerno5", "rk4-grid"}
+        ``"auto"`` (default): the model card's recommended integrator (its ``solver`` field,
+        e.g. the implicit ``"kvaerno5"`` of the stiff G-CSF feedback cards, on which Tsit5
+        forecasts failed their Laplace mode search), applied by fits, forecasts and
+        simulations through :meth:`pkpd.Model.solver_options`; ``"tsit5"`` where the card
+        names none. Adaptive diffrax solvers by name (used as given, whatever the card
+        says), or ``"rk4-grid"``: classical RK4 on a fixed grid built
         on the host from the data (every output time, every dose time, fine steps of
         ``grid_fine`` h for 2 h after each dose, ``grid_medium`` h up to 12 h,
         ``min(4, grid_coarse)`` h up to 48 h, ``grid_coarse`` h elsewhere; lengths padded to
@@ -80,16 +88,16 @@ class SolverOptions(eqx.Module):
     rtol: float = eqx.field(static=True, default=1e-7)
     atol: float = eqx.field(static=True, default=1e-9)
     max_steps: int = eqx.field(static=True, default=4096)
-    solver: str = eqx.field(static=True, default="tsit5")
+    solver: str = eqx.field(static=True, default=AUTO_SOLVER)
     adjoint: str = eqx.field(static=True, default="auto")
     grid_fine: float = eqx.field(static=True, default=0.5)
     grid_medium: float = eqx.field(static=True, default=2.0)
     grid_coarse: float = eqx.field(static=True, default=12.0)
 
     def __check_init__(self):
-        if self.solver not in _SOLVERS and self.solver != GRID_SOLVER:
+        if self.solver not in _SOLVERS and self.solver not in (GRID_SOLVER, AUTO_SOLVER):
             raise ValueError(f"Invalid `solver`: got `{self.solver}`, must be one of "
-                             f"{sorted(_SOLVERS) + [GRID_SOLVER]}.")
+                             f"{[AUTO_SOLVER] + sorted(_SOLVERS) + [GRID_SOLVER]}.")
         if not (0 < self.grid_fine <= self.grid_medium <= self.grid_coarse):
             raise ValueError("Invalid grid spacings: need 0 < grid_fine <= grid_medium <= grid_coarse.")
         if self.adjoint not in ("auto", "recursive", "forward"):
@@ -290,7 +298,8 @@ def _diffeqsolve(system, theta, ctx, y0, t0, t1, ts, options: SolverOptions):
     adjoint = (diffrax.ForwardMode() if options.adjoint == "forward"
                else diffrax.RecursiveCheckpointAdjoint(checkpoints=options.max_steps))
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(rhs), _SOLVERS[options.solver](), t0=t0, t1=t1, dt0=None, y0=y0,
+        diffrax.ODETerm(rhs), _SOLVERS["tsit5" if options.solver == AUTO_SOLVER else options.solver](),
+        t0=t0, t1=t1, dt0=None, y0=y0,
         saveat=diffrax.SaveAt(ts=ts), stepsize_controller=controller, adjoint=adjoint,
         max_steps=options.max_steps, throw=False,
     )

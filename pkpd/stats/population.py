@@ -104,11 +104,12 @@ class FitSpec:
     outputs : tuple of str or None
         Outputs to fit (default: every model output the data observes).
     solver : SolverOptions
-        ODE settings of the likelihood. With ``solver="rk4-grid"`` each subject's grid is
+        ODE settings of the likelihood (default: the card's integrator, Tsit5 unless it
+        names one, ``rtol`` 1e-6, ``atol`` 1e-8). With ``solver="rk4-grid"`` each subject's grid is
         checked at set-up against a tight adaptive solve (typical values and a random
         effect drawn from the prior) and refined (every spacing halved) until its
         predictions agree to ``grid_tolerance`` (relative); if :data:`GRID_REFINEMENTS`
-        refinements do not suffice, the adaptive Tsit5 solver is used with a warning.
+        refinements do not suffice, the card's adaptive integrator is used with a warning.
     grid_tolerance : float
         Accuracy required of the ``"rk4-grid"`` solver (default 1e-4, far below residual
         error).
@@ -268,7 +269,7 @@ class PopulationProblem:
         self.n_obs = int(fit_mask.sum())
 
         # Subject-level inputs: dose events, driver data, covariate factors, column values.
-        self.solver = spec.solver
+        self.solver = model.solver_options(spec.solver)  # the card's integrator for solver='auto'
         self.grid_error = self.grid_levels = None
         self.dynamics, self.data = model.prepare(df, self.ids, n_subjects=self.n_sub, eval_times=obs.time,
                                                  eval_mask=obs.mask, options=self.solver,
@@ -309,7 +310,7 @@ class PopulationProblem:
                           for i in self.ids])
             eta = jnp.asarray(np.clip(z, -2, 2) * omega)
         theta = self.individual({p: init[f"log_tv_{p}"] for p in self.estimated}, eta)
-        tight = SolverOptions(rtol=1e-10, atol=1e-12, max_steps=100_000)
+        tight = self.model.solver_options(SolverOptions(rtol=1e-10, atol=1e-12, max_steps=100_000))
         _, ref_data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, dose_units=self.dose_units)
         a = self.arrays
         ref = predict_outputs(self.dynamics, ref_data, theta, a["t"], a["order"], tight)[0]
@@ -338,10 +339,12 @@ class PopulationProblem:
             if attempt == GRID_REFINEMENTS:
                 break
             levels[bad] += 1
+        # the card's adaptive integrator (Tsit5 unless it names one); keeps the adjoint
+        fallback = self.model.solver_options(dataclasses.replace(self.solver, solver="auto", rtol=1e-6, atol=1e-8))
         warnings.warn(f"the rk4-grid solver stays {self.grid_error:.1e} (relative) from a tight solve after "
-                      "refinement; using the adaptive Tsit5 solver instead", stacklevel=3)
+                      f"refinement; using the adaptive {fallback.solver.capitalize()} solver instead", stacklevel=3)
         self.grid_levels = None
-        self.solver = dataclasses.replace(self.solver, solver="tsit5", rtol=1e-6, atol=1e-8)  # keeps the adjoint
+        self.solver = fallback
         self.dynamics, self.data = self.model.prepare(df, self.ids, n_subjects=self.n_sub, dose_units=self.dose_units)
 
     # ------------------------------------------------------------------ parameters

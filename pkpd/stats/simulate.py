@@ -100,6 +100,7 @@ def solve_design(model: Model, df: pd.DataFrame, theta: dict, options: SolverOpt
     """
     df = df.reset_index(drop=True)
     ids = list(pd.unique(df["ID"]))
+    options = model.solver_options(options)  # the card's integrator for solver="auto"
     from ..buckets import bucket_size
 
     n_sub = bucket_size(len(ids))
@@ -164,6 +165,8 @@ def simulate(
     iiv, residual : bool
         Draw inter-individual variability / add residual error (False: typical values /
         noise-free predictions).
+    options : SolverOptions
+        ODE settings (default: the card's integrator, :meth:`pkpd.Model.solver_options`).
     return_parameters : bool
         Also return the individual parameters (a data frame indexed by ID).
 
