@@ -1088,11 +1088,12 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
         one per device, each with its own ``warmup`` (:func:`chains_per_patient`).
     solver : SolverOptions, optional
         ODE settings of the patient's likelihood (default: those of population fits, with
-        the card's integrator, or a fit prior's); the adjoint is forced to forward mode. An ``"rk4-grid"`` is checked
-        per patient at set-up against a tight solve at the observation times and refined
-        until within 1e-5 (:data:`GRID_TOLERANCE`). The trajectories over the horizon are
-        solved with these settings, except that a grid is replaced there by the adaptive
-        default (the grid is checked only at the data's times, not where a nadir lies).
+        the card's integrator, or a fit prior's); the adjoint is forced to forward mode. An
+        ``"rk4-grid"`` is checked per patient at set-up against a tight solve at the
+        observation times and refined until within 1e-5 (:data:`GRID_TOLERANCE`). The
+        trajectories over the horizon are solved with these settings, except that a grid is
+        replaced there by the adaptive default (the grid is checked only at the data's
+        times, not where a nadir lies).
     regimen_names : list of str, optional
         Names of the regimen alternatives (default: the regimen strings).
     covariates : dict, optional

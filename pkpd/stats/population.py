@@ -105,8 +105,8 @@ class FitSpec:
         Outputs to fit (default: every model output the data observes).
     solver : SolverOptions
         ODE settings of the likelihood (default: the card's integrator, Tsit5 unless it
-        names one, ``rtol`` 1e-6, ``atol`` 1e-8). With ``solver="rk4-grid"`` each subject's grid is
-        checked at set-up against a tight adaptive solve (typical values and a random
+        names one, ``rtol`` 1e-6, ``atol`` 1e-8). With ``solver="rk4-grid"`` each subject's
+        grid is checked at set-up against a tight adaptive solve (typical values and a random
         effect drawn from the prior) and refined (every spacing halved) until its
         predictions agree to ``grid_tolerance`` (relative); if :data:`GRID_REFINEMENTS`
         refinements do not suffice, the card's adaptive integrator is used with a warning.
