@@ -1,4 +1,4 @@
-"""Log-density gradient cost (the published Friberg benchmark, or a study of counts alone), this checkout vs a baseline.
+"""Log-density gradient cost (Friberg benchmark or a counts-only study), this checkout vs a baseline.
 
     python benchmarks/gradient_cost.py [--baseline ../pkpd-baseline] [--rounds 3] [--reps 30]
                                        [--solver rk4-grid|tsit5] [--study friberg|counts]
@@ -8,10 +8,10 @@ compilation, of ``--study friberg`` (default: 12 subjects, 468 PK + 348 ANC obse
 the model and priors of ``benchmarks/nuts_friberg.py``; every parameter estimated) or
 ``--study counts`` (40 virtual patients of the Kloft 2006 card, docetaxel 100 mg/m2 1 h,
 daily ANC for 21 days and no concentrations, so the PK parameters are fixed), in fresh
-subprocesses that alternate between the two code trees (``--rounds`` times each), so both are measured in the same conditions. The
-baseline is any other checkout of pkpd (e.g. ``git worktree add ../pkpd-baseline
-<commit>``); without ``--baseline`` only this checkout is timed. Prints the median per
-tree and the ratio.
+subprocesses that alternate between the two code trees (``--rounds`` times each), so both
+are measured in the same conditions. The baseline is any other checkout of pkpd (e.g.
+``git worktree add ../pkpd-baseline <commit>``); without ``--baseline`` only this checkout
+is timed. Prints the median per tree and the ratio.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ import pandas as pd
 
 from ..errors import ModelError
 from ..model.model import Model, covariate_factors, individual_log_value
-from ..solve.solver import SolverOptions, predict_outputs
+from ..solve.solver import AUTO_SOLVER, SolverOptions, predict_outputs
 from .residual import ERROR_MODELS, residual_distribution
 
 __all__ = ["FitSpec", "PopulationProblem"]
@@ -340,7 +340,8 @@ class PopulationProblem:
                 break
             levels[bad] += 1
         # the card's adaptive integrator (Tsit5 unless it names one); keeps the adjoint
-        fallback = self.model.solver_options(dataclasses.replace(self.solver, solver="auto", rtol=1e-6, atol=1e-8))
+        fallback = self.model.solver_options(
+            dataclasses.replace(self.solver, solver=AUTO_SOLVER, rtol=1e-6, atol=1e-8))
         warnings.warn(f"the rk4-grid solver stays {self.grid_error:.1e} (relative) from a tight solve after "
                       f"refinement; using the adaptive {fallback.solver.capitalize()} solver instead", stacklevel=3)
         self.grid_levels = None
