@@ -52,13 +52,13 @@ def test_deal_and_undeal_are_inverse_on_one_device():
                          [("nuts", 1, 2, 2), ("nuts", 1, 16, 16), ("nuts", 3, 16, 5), ("nuts", 2, 2, 1),
                           ("nuts", 40, 2, 1), ("nuts", 1, 1, 1), ("laplace", 1, 16, 1)])
 def test_chains_per_patient_fill_the_devices(method, n_patients, n_devices, expected):
-    from pkpd.forecasting.forecast import chains_per_patient
+    from pkpd.forecasting.inference import chains_per_patient
 
     assert chains_per_patient(method, n_patients, n_devices) == expected
 
 
 def test_patients_chains_are_concatenated_and_cut_to_the_draws():
-    from pkpd.forecasting.forecast import _per_patient
+    from pkpd.forecasting.inference import per_patient_draws
 
     # 2 real patients x 3 chains of 4 draws, then 2 padding rows; 10 draws asked for
     n, chains, per, p = 2, 3, 4, 2
@@ -68,7 +68,7 @@ def test_patients_chains_are_concatenated_and_cut_to_the_draws():
         xs[r] = 100 * r + np.arange(per * p).reshape(per, p)  # row r's values start at 100 r
     theta = {"MTT": xs[:, :, 0]}
     diag = {"divergences": np.arange(rows), "laplace_mode": np.arange(rows * p).reshape(rows, p)}
-    out_xs, out_theta, _, out_diag, r_hat = _per_patient((xs, theta, {}, diag), n, chains, 10)
+    out_xs, out_theta, _, out_diag, r_hat = per_patient_draws((xs, theta, {}, diag), n, chains, 10)
     assert out_xs.shape == (n, 10, p) and out_theta["MTT"].shape == (n, 10)
     # patient 1's draws: its chains (rows 3, 4, 5) one after the other, the last cut to 2 draws
     np.testing.assert_array_equal(out_xs[1], np.concatenate([xs[3], xs[4], xs[5][:2]]))
@@ -82,9 +82,9 @@ def test_patients_chains_are_concatenated_and_cut_to_the_draws():
 def test_chains_too_short_to_split_give_no_r_hat():
     """``draws=2`` shared by two chains (the smallest forecast allowed): one draw per chain, which
     split R-hat cannot use (it needs 4); no R-hat rather than a failure."""
-    from pkpd.forecasting.forecast import _per_patient
+    from pkpd.forecasting.inference import per_patient_draws
 
     xs = np.arange(4.0).reshape(2, 1, 2)  # 1 patient x 2 chains of 1 draw, 2 latent variables
-    out_xs, _, _, _, r_hat = _per_patient((xs, {}, {}, {}), 1, 2, 2)
+    out_xs, _, _, _, r_hat = per_patient_draws((xs, {}, {}, {}), 1, 2, 2)
     assert r_hat is None
     np.testing.assert_array_equal(out_xs[0], xs[:, 0])

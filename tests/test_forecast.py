@@ -23,12 +23,10 @@ import pandas as pd
 import pytest
 
 import pkpd
-import importlib
-
-fmod = importlib.import_module("pkpd.forecasting.forecast")
 from pkpd.errors import PkpdError
 from pkpd.forecasting import endpoints as ep
 from pkpd.forecasting.forecast import forecast
+from pkpd.forecasting.inference import laplace_approximation
 from pkpd.forecasting.recommend import recommend_dose
 from pkpd.reporting.forecast import validate_forecast_json
 
@@ -357,13 +355,13 @@ def test_laplace_approximation_is_exact_on_known_densities():
         return jnp.sum(jnp.cosh(x - m))
 
     for potential, cov in ((gaussian, np.linalg.inv(np.asarray(a))), (cosh, np.eye(3))):
-        mode, c, scale, steps, ok = jax.jit(lambda: fmod.laplace_approximation(potential, 3))()
+        mode, c, scale, steps, ok = jax.jit(lambda: laplace_approximation(potential, 3))()
         assert bool(ok) and int(steps) < 8 * 3 + 50
         np.testing.assert_allclose(mode, m, atol=1e-6)
         np.testing.assert_allclose(c, cov, rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(scale @ scale.T, c, rtol=1e-12, atol=1e-14)
     # a density that is zero everywhere is not "converged"
-    *_, ok = jax.jit(lambda: fmod.laplace_approximation(lambda x: jnp.inf * jnp.sum(x**2 + 1.0), 2))()
+    *_, ok = jax.jit(lambda: laplace_approximation(lambda x: jnp.inf * jnp.sum(x**2 + 1.0), 2))()
     assert not bool(ok)
 
 

@@ -1,33 +1,14 @@
 r"""Individualised forecasts of blood counts: ``pkpd.forecast(prior, patient, regimen)``.
 
 The per-patient model is the population model of :mod:`pkpd.stats.population` with the
-population part replaced by a prior:
+population part replaced by a prior (:mod:`pkpd.forecasting.prior`): a model card's values
+(plug-in) or a population fit's posterior (integrated). Each patient's posterior is
+computed by :mod:`pkpd.forecasting.inference`: latent variables standard normal a priori
+(non-centred random effects and, with a fit prior, the patient's own copy of the population
+vector), the pointwise log-likelihood of the forecast's own
+:class:`~pkpd.stats.population.PopulationProblem` (same residual-error and censoring code as
+population fits), given one patient's data at a time.
 
-* **card prior** (a model-card name or :class:`pkpd.Model`): typical values (with the
-  card's covariate effects), IIV SDs ``omega`` and residual SDs ``sigma`` are the card's
-  values (plug-in);
-* **fit prior** (a :class:`pkpd.Fit` or the path of a saved fit): the population
-  quantities are *integrated*. Their posterior draws are mapped to the unconstrained
-  scale, ``u = (log TV_p, log omega_p, log sigma_s)``, and approximated by a multivariate
-  normal ``N(m, C)`` (sample mean and covariance); with a full IIV covariance the
-  posterior-mean correlation matrix is used. Each patient gets its own copy
-  ``u_i = m + chol(C) v_i``, ``v_i ~ N(0, I)``, sampled jointly with the random effects.
-  A MAP fit (one draw) has no spread, so its point estimate is plugged in.
-
-Patient ``i``'s random effects are non-centred, ``eta_i = omega * (L z_i)``,
-``z_i ~ N(0, I)`` (``L`` the Cholesky factor of the IIV correlation, identity for a
-diagonal IIV). Every latent variable is therefore standard normal a priori and
-unconstrained, and the log density of patient ``i`` is
-
-.. math::
-
-    \log p(x_i \mid y_i) = -\tfrac12 \lVert x_i \rVert^2 + \sum_j \ell_{ij}(x_i) + c,
-    \qquad x_i = (z_i, v_i),
-
-with the pointwise log-likelihood :math:`\ell_{ij}` computed by
-:meth:`pkpd.stats.population.PopulationProblem.pointwise_loglik` of the forecast's own
-:class:`~pkpd.stats.population.PopulationProblem` (same residual-error and censoring
-code as population fits), given one patient's data at a time (:class:`PatientProblem`).
 Patients are independent: they are processed by one vectorised (``vmap``) computation
 over the patient axis (NUTS on a CPU: one patient after the other, ``lax.map``), split
 across the devices when there are several (on a CPU, host devices: one per core with
@@ -45,9 +26,9 @@ Inference (``method``):
   at 1e-6 (Tierney & Kadane, J Am Stat Assoc 1986;81:82);
 * ``"nuts"``: NumPyro's NUTS kernel (:func:`numpyro.infer.hmc.hmc`), one chain per
   patient (with fewer patients than devices, ``devices // patients`` chains sharing the
-  draws: :func:`chains_per_patient`), started at the Laplace mode with the Laplace
-  covariance as a dense mass matrix; ``warmup`` iterations tune the step size, then the
-  draws, all inside one compiled function.
+  draws: :func:`~pkpd.forecasting.inference.chains_per_patient`), started at the Laplace
+  mode with the Laplace covariance as a dense mass matrix; ``warmup`` iterations tune
+  the step size, then the draws, all inside one compiled function.
 
 The latent dimension is small (3 random effects for the Kloft card), so gradients and
 Hessians use forward-mode sensitivities of the ODE solve (``SolverOptions(adjoint=
@@ -75,33 +56,32 @@ Friberg cards), i.e. the patient's own baseline.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 import math
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 import pandas as pd
 
 from . import endpoints as ep
-from .devices import deal_rows, over_devices, undeal_rows
+from .devices import deal_rows, undeal_rows
+from .inference import (PatientProblem, chains_per_patient, infer_patients, inference_structure,
+                        per_patient_draws)
 from .lineage import baseline_parameter, get_lineage, model_lineages
 from .lineage_endpoints import lineage_endpoints
+from .prior import population_prior, resolve_prior
 from ..buckets import bucket_size
 from ..errors import PkpdError
-from ..model.model import Model, load_model
+from ..model.model import Model
 from ..solve.solver import GRID_SOLVER, SolverOptions, predict_outputs
 from ..stats.population import FitSpec, PopulationProblem
 
-__all__ = ["forecast", "Forecast", "parse_horizon", "PatientProblem", "laplace_approximation"]
+__all__ = ["forecast", "Forecast", "parse_horizon"]
 
 #: Observation arrays are padded to at least this many slots per patient (one compile
 #: covers patients with up to 16 observations; padding is nearly free).
@@ -208,414 +188,7 @@ def _as_dataset(patient, covariates):
     return ds
 
 
-# ----------------------------------------------------------------------------- prior
-@dataclass(frozen=True)
-class _Prior:
-    model: Model
-    spec: FitSpec
-    name: str
-    fit: object = None  # the Fit, or None for a card prior
-
-
-def _resolve_prior(prior) -> _Prior:
-    from ..infer.fit import Fit, load_fit
-
-    if isinstance(prior, (str, Path)) and Path(prior).is_file() and Path(prior).suffix.lower() != ".toml":
-        fit, name = load_fit(prior), str(prior)
-    elif isinstance(prior, Fit):
-        fit, name = prior, f"fit of {prior.model_name}"
-    else:
-        model = prior if isinstance(prior, Model) else load_model(prior)
-        return _Prior(model, FitSpec(), model.name)
-    model = _fit_model(fit)
-    post = fit.idata.posterior
-    s = dict(fit.settings.get("spec", {}))
-    iiv = tuple(v[len("omega_"):] for v in post.data_vars if v.startswith("omega_"))
-    outputs = []
-    for v in post.data_vars:
-        if v.startswith("sigma_"):
-            o = v[len("sigma_"):]
-            o = o.rsplit("_", 1)[0] if o.endswith(("_add", "_prop")) else o
-            if o not in outputs:
-                outputs.append(o)
-    solver = s.get("solver") or {}
-    spec = FitSpec(
-        fixed=tuple(s.get("fixed") or ()),
-        iiv=iiv,
-        covariance="full" if "L_corr" in post else "diag",
-        censoring=s.get("censoring", "M3"),
-        outputs=tuple(outputs) or None,
-        solver=SolverOptions(**{k: solver[k] for k in ("rtol", "atol", "max_steps", "solver") if k in solver})
-        if solver else FitSpec().solver,
-    )
-    return _Prior(model, spec, name, fit)
-
-
-def _fit_model(fit) -> Model:
-    from ..model.card import _Validator
-
-    try:
-        return load_model(fit.model_name)
-    except PkpdError:
-        if not fit.card:
-            raise
-        return Model(_Validator(Path(f"<card of fit {fit.model_name}>")).card(fit.card))
-
-
-def _layout(problem: PopulationProblem) -> list[str]:
-    """Names of the population vector ``u`` (unconstrained scale)."""
-    return ([f"log_tv_{p}" for p in problem.estimated] + [f"log_omega_{p}" for p in problem.iiv]
-            + [f"log_sigma_{s}" for s in problem.sigma_names()])
-
-
-def _population(prior: _Prior, problem: PopulationProblem):
-    """``(mean [D], chol [D, D], corr_chol [K, K], integrated)`` of the population vector."""
-    names = _layout(problem)
-    k = len(problem.iiv)
-    if prior.fit is None:
-        card = prior.model.card
-        mean = [problem.prior_loc[p] for p in problem.estimated]
-        mean += [math.log(prior.model.parameters[p].omega) for p in problem.iiv]
-        for s in problem.sigma_names():
-            o = s.split("_")[0]
-            es = card.error[o]
-            val = es.sd if es.model != "combined" else (es.sd_add if s.endswith("_add") else es.sd_prop)
-            if not val or val <= 0:
-                raise PkpdError(f"model card {card.name!r}: residual SD of {s} must be > 0 for forecasting")
-            mean.append(math.log(val))
-        corr_chol = np.linalg.cholesky(prior.model.iiv_correlation(problem.iiv))
-        return np.asarray(mean), np.zeros((len(names), len(names))), corr_chol, False
-    post = prior.fit.idata.posterior
-    cols = []
-    for n in names:
-        # log typical values are posterior variables themselves; omegas and sigmas are logged here
-        var = n if n.startswith("log_tv_") else n[len("log_"):]
-        if var not in post:
-            raise PkpdError(f"the fit has no posterior of {var!r} needed by the forecast model "
-                            f"(it has {sorted(post.data_vars)})")
-        x = np.asarray(post[var].values, dtype=float).reshape(-1)
-        cols.append(x if n.startswith("log_tv_") else np.log(x))
-    u = np.stack(cols, axis=1)
-    mean = u.mean(axis=0)
-    if u.shape[0] >= 2:
-        cov = np.atleast_2d(np.cov(u, rowvar=False))
-        cov = 0.5 * (cov + cov.T) + 1e-12 * np.eye(len(names))
-        chol = np.linalg.cholesky(cov)
-        integrated = True
-    else:
-        chol, integrated = np.zeros((len(names), len(names))), False
-    corr_chol = np.eye(k)
-    if "L_corr" in post and k > 1:
-        lc = np.asarray(post["L_corr"].values, dtype=float).reshape((-1, k, k))
-        corr = np.einsum("nij,nkj->ik", lc, lc) / lc.shape[0]
-        corr_chol = np.linalg.cholesky(0.5 * (corr + corr.T))
-    return mean, chol, corr_chol, integrated
-
-
-# ----------------------------------------------------------------------------- compiled parts
-def _likelihood_key(problem: PopulationProblem) -> tuple:
-    """Everything static that the likelihood of ``problem`` depends on, as a hashable value.
-
-    The card (its TOML content), the :class:`FitSpec`, the parameter partition, the
-    fitted outputs and the solver settings: two forecasts with equal keys trace the same
-    likelihood, so the compiled code of the first serves the second.
-    """
-    return (
-        json.dumps(problem.model.card.raw, sort_keys=True, default=str),
-        json.dumps(problem.spec.as_dict(), sort_keys=True, default=str),
-        tuple(problem.model.parameter_names),
-        tuple(problem.estimated),
-        tuple(problem.iiv),
-        tuple(sorted((k, float(v)) for k, v in problem.fixed.items())),
-        tuple(sorted(problem.columns.items())),
-        tuple(sorted(problem.log_factor)),
-        tuple(problem.outputs),
-        tuple(problem.sigma_names()),
-        problem.solver,
-    )
-
-
-@dataclass(frozen=True)
-class _Structure:
-    """Everything static that the compiled inference needs: hashable and compared by value.
-
-    ``problem`` is the forecast's host :class:`PopulationProblem` (model, spec, parameter
-    partition; the template of every :class:`PatientProblem`). It is carried but not
-    compared: ``likelihood_key`` (:func:`_likelihood_key`) stands for it, so a new
-    problem object with the same structure reuses the compiled code.
-    """
-
-    likelihood_key: tuple
-    estimated: tuple
-    iiv: tuple
-    sigma_names: tuple
-    integrated: bool
-    method: str
-    draws: int
-    warmup: int
-    max_tree_depth: int
-    chains: int
-    problem: PopulationProblem = field(compare=False, repr=False)
-
-    @property
-    def chain_draws(self) -> int:
-        """Draws per chain: ``ceil(draws / chains)`` (the last chain's surplus is dropped)."""
-        return -(-self.draws // self.chains)
-
-    @property
-    def n_latent(self) -> int:
-        d = len(self.estimated) + len(self.iiv) + len(self.sigma_names)
-        return len(self.iiv) + (d if self.integrated else 0)
-
-    def latent_names(self) -> list[str]:
-        """Names of the latent vector ``x``: ``z_<p>`` (random effects), then ``v_<u>`` (population)."""
-        names = [f"z_{p}" for p in self.iiv]
-        if self.integrated:
-            names += [f"v_{n}" for n in ([f"log_tv_{p}" for p in self.estimated] + [f"log_omega_{p}" for p in self.iiv]
-                                         + [f"log_sigma_{s}" for s in self.sigma_names])]
-        return names
-
-
-@dataclass(frozen=True)
-class PatientProblem:
-    """One patient's posterior inside compiled code.
-
-    Holds the patient's data (the :data:`SUBJECT_DATA` attributes of a
-    :class:`~pkpd.stats.population.PopulationProblem`, each with a leading subject axis
-    of length 1, traced inside the compiled inference), the model's ``dynamics`` and the
-    forecast's host problem ``template`` (model, spec, parameter partition, outputs).
-    :meth:`likelihood` is a copy of the template holding this patient's data, so the
-    individual parameters and the pointwise log-likelihood are computed by the
-    population code itself (:meth:`~pkpd.stats.population.PopulationProblem.individual`,
-    :meth:`~pkpd.stats.population.PopulationProblem.pointwise_loglik`).
-    """
-
-    template: PopulationProblem
-    dynamics: object
-    arrays: dict
-    data: dict
-    log_factor: dict
-    column_values: dict
-
-    #: Attributes of a PopulationProblem that hold per-subject data (leading subject axis).
-    SUBJECT_DATA = ("arrays", "data", "log_factor", "column_values")
-
-    @classmethod
-    def subject_data(cls, problem: PopulationProblem) -> dict:
-        """The per-subject data of a population problem, ``{attribute: pytree [S, ...]}``."""
-        return {name: getattr(problem, name) for name in cls.SUBJECT_DATA}
-
-    def likelihood(self) -> PopulationProblem:
-        """The template problem restricted to this patient (a shallow copy holding its data)."""
-        problem = copy.copy(self.template)
-        for name in self.SUBJECT_DATA:
-            setattr(problem, name, getattr(self, name))
-        problem.dynamics = self.dynamics
-        problem.n_sub = problem.n_real = 1
-        return problem
-
-    @staticmethod
-    def unpack(structure: _Structure, x, shared: dict):
-        """``(log_tv, eta [1, K], sigma)`` of one patient from its latent vector ``x``.
-
-        ``u = mean + chol @ v`` (integrated population) or ``u = mean`` (plug-in);
-        ``eta = omega * (L z)`` with ``L`` the Cholesky factor of the IIV correlation.
-        """
-        k = len(structure.iiv)
-        u = shared["mean"]
-        if structure.integrated:
-            u = u + shared["chol"] @ x[k:]
-        e = len(structure.estimated)
-        log_tv = {p: u[i] for i, p in enumerate(structure.estimated)}
-        omega = jnp.exp(u[e:e + k])
-        sigma = {s: jnp.exp(u[e + k + j]) for j, s in enumerate(structure.sigma_names)}
-        eta = ((shared["corr_chol"] @ x[:k]) * omega)[None, :] if k else None
-        return log_tv, eta, sigma
-
-    def potential_and_parameters(self, structure: _Structure, shared: dict):
-        """``(potential, params)``: ``x -> -log p(x | y) + c`` and ``x -> (theta, sigma)``."""
-        problem = self.likelihood()
-
-        def params(x):
-            log_tv, eta, sigma = self.unpack(structure, x, shared)
-            return problem.individual(log_tv, eta), sigma
-
-        def potential(x):
-            theta, sigma = params(x)
-            ll, _ = problem.pointwise_loglik(theta, sigma)
-            total = jnp.sum(ll)
-            total = jnp.where(jnp.isnan(total), -jnp.inf, total)
-            return 0.5 * jnp.sum(x**2) - total
-
-        return potential, params
-
-
-def _with_forward_gradient(potential):
-    r"""``potential`` with its JVP :math:`\dot U = \nabla U(x) \cdot t` written through its gradient, the
-    gradient computed by one vectorised forward-mode pass (:func:`jax.jacfwd`).
-
-    The same values and derivatives as ``potential``; what changes is the cost of
-    linearising it (:func:`jax.linearize`, as :class:`optimistix.BFGS` does at every
-    step): the linear map is a dot product with the stored gradient instead of a replay of
-    the ODE solve's tangent integration once per direction.
-    """
-
-    @jax.custom_jvp
-    def u(x):
-        return potential(x)
-
-    @u.defjvp
-    def u_jvp(primals, tangents):
-        (x,), (t,) = primals, tangents
-
-        def value_twice(z):
-            v = potential(z)
-            return v, v
-
-        grad, value = jax.jacfwd(value_twice, has_aux=True)(x)
-        return value, grad @ t
-
-    return u
-
-
-def laplace_approximation(potential, n_latent: int, *, max_steps: int | None = None, rtol=1e-6, atol=1e-6):
-    r"""Laplace approximation of the density :math:`\propto e^{-U(x)}` on :math:`\mathbb{R}^p`.
-
-    The mode :math:`\hat x = \arg\min U` by BFGS from 0 (:class:`optimistix.BFGS`:
-    backtracking Armijo line search, Cauchy termination with ``rtol``/``atol`` on the
-    steps of ``x`` and ``U``; gradients in forward mode, ``autodiff_mode="fwd"``, which the
-    forward-mode ODE sensitivities require), and the Hessian :math:`H = \nabla^2 U(\hat x)`
-    by forward-over-forward differentiation (:func:`jax.jacfwd` of the forward-mode
-    gradient). The covariance is :math:`H^{-1} = V \mathrm{diag}(1/w) V^\top` from the
-    eigendecomposition :math:`H = V \mathrm{diag}(w) V^\top`, eigenvalues floored at 1e-6.
-
-    Parameters
-    ----------
-    potential : callable
-        :math:`U`: ``[p] -> scalar`` (``+inf``/NaN where the density is 0).
-    n_latent : int
-        :math:`p`.
-    max_steps : int, optional
-        BFGS step budget (default ``8 p + 50``).
-    rtol, atol : float
-        Termination tolerances of :class:`optimistix.BFGS`.
-
-    Returns
-    -------
-    mode : [p]
-    cov : [p, p]
-        :math:`H^{-1}` (``cov = scale @ scale.T``).
-    scale : [p, p]
-        :math:`V \mathrm{diag}(w^{-1/2})`.
-    num_steps : int
-        BFGS steps taken.
-    ok : bool
-        Converged: BFGS reported success, :math:`U(\hat x)` and :math:`H` are finite and
-        the gradient norm is below 1e-3.
-
-    References
-    ----------
-    Tierney L, Kadane JB. Accurate approximations for posterior moments and marginal
-    densities. J Am Stat Assoc 1986;81(393):82-86.
-    """
-    p = int(n_latent)
-    max_steps = 8 * p + 50 if max_steps is None else int(max_steps)
-    solution = optx.minimise(lambda x, _: _with_forward_gradient(potential)(x), optx.BFGS(rtol=rtol, atol=atol),
-                             jnp.zeros(p), options={"autodiff_mode": "fwd"}, max_steps=max_steps, throw=False)
-    mode = solution.value
-
-    def gradient_twice(x):
-        g = jax.jacfwd(potential)(x)
-        return g, g
-
-    hess, grad = jax.jacfwd(gradient_twice, has_aux=True)(mode)
-    hess = 0.5 * (hess + hess.T)
-    w, v = jnp.linalg.eigh(hess)
-    scale = v / jnp.sqrt(jnp.maximum(w, 1e-6))
-    ok = ((solution.result == optx.RESULTS.successful) & jnp.isfinite(potential(mode))
-          & (jnp.linalg.norm(grad) < 1e-3) & jnp.all(jnp.isfinite(hess)))
-    return mode, scale @ scale.T, scale, solution.stats["num_steps"], ok
-
-
-def _nuts(structure: _Structure, potential, key, mode, cov, ok):
-    from numpyro.infer.hmc import hmc
-
-    # Start at the Laplace mode with the Laplace covariance as a dense mass matrix: warm-up
-    # then only tunes the step size, and trees stay shallow from the first iteration.
-    p = structure.n_latent
-    x0 = jnp.where(ok, mode, jnp.zeros(p))
-    cov = jnp.where(ok, cov, jnp.eye(p))
-    init_kernel, sample_kernel = hmc(potential_fn=potential, algo="NUTS")
-    state = init_kernel(x0, num_warmup=structure.warmup, inverse_mass_matrix=cov, dense_mass=True,
-                        adapt_mass_matrix=False, max_tree_depth=structure.max_tree_depth, target_accept_prob=0.8,
-                        forward_mode_differentiation=True, rng_key=key)
-
-    def body(s, _):
-        s = sample_kernel(s)
-        return s, (s.z, s.diverging, s.num_steps)
-
-    last, (xs, div, steps) = jax.lax.scan(body, state, None, length=structure.warmup + structure.chain_draws)
-    w = structure.warmup
-    return xs[w:], {"divergences": jnp.sum(div[w:]), "mean_steps": jnp.mean(steps[w:]),
-                    "warmup_steps": jnp.sum(steps[:w]).astype(float), "step_size": last.adapt_state.step_size,
-                    "converged": jnp.asarray(True)}
-
-
-@eqx.filter_jit
-def _infer(structure: _Structure, dynamics, pdata: dict, shared: dict, patient_of_row, keys, real):
-    """Posterior draws for every *row* (one chain of one patient): the Laplace approximation
-    vmapped over the subject axis of ``pdata``, then each row's draws for its patient
-    ``patient_of_row`` with its key (NUTS on a CPU maps over the rows one after the other,
-    skipping the padded ones, ``real`` False), with the rows split across the devices when
-    there are several (:func:`pkpd.forecasting.devices.over_devices`)."""
-
-    def patient(pdata_one):
-        one = PatientProblem(structure.problem, dynamics, **jax.tree_util.tree_map(lambda a: a[None], pdata_one))
-        return one.potential_and_parameters(structure, shared)
-
-    def laplace(pdata_one):
-        potential, _ = patient(pdata_one)
-        return laplace_approximation(potential, structure.n_latent)
-
-    # Outside the device split: optimistix's BFGS fails inside shard_map (lineax checks the
-    # operator's input and output structures, one of which carries the mesh; lineax issue #185).
-    approx = jax.vmap(laplace)(pdata)
-    pdata, approx = jax.tree_util.tree_map(lambda a: a[patient_of_row], (pdata, approx))
-
-    def draw(pdata_one, key, approx_one):
-        potential, params = patient(pdata_one)
-        mode, cov, scale, steps, ok = approx_one
-        if structure.method == "nuts":
-            xs, diag = _nuts(structure, potential, key, mode, cov, ok)
-        else:
-            eps = jax.random.normal(key, (structure.chain_draws, structure.n_latent))
-            xs = mode + eps @ scale.T
-            diag = {"divergences": jnp.asarray(0), "mean_steps": steps.astype(float), "warmup_steps": jnp.asarray(0.0),
-                    "step_size": jnp.asarray(jnp.nan), "converged": ok}
-        diag = {**diag, "laplace_mode": mode, "laplace_covariance": cov}
-        theta, sigma = jax.vmap(params)(xs)
-        theta = {k: v[:, 0] for k, v in theta.items()}
-        return xs, theta, sigma, diag
-
-    if structure.method == "nuts" and jax.default_backend() == "cpu":
-        # On a CPU, patients' NUTS chains run one after the other: vmapped, every patient
-        # waits for the deepest tree of any patient at each iteration, and vectorising a
-        # one-subject gradient gains little there (8 patients: 21.7 s against 51.1 s, 2.4x;
-        # benchmarks/batch_forecast.py). On an accelerator the vmap is the point. A padded
-        # patient (a copy of patient 0, for the bucketed shapes) is skipped: zeros instead.
-        def block(pdata, keys, real, approx):
-            def step(args):
-                *inputs, is_real = args
-                skipped = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(draw, *inputs))
-                return jax.lax.cond(is_real, lambda: draw(*inputs), lambda: skipped)
-
-            return jax.lax.map(step, (pdata, keys, approx, real))
-    else:
-        def block(pdata, keys, real, approx):
-            return jax.vmap(draw)(pdata, keys, approx)
-    return over_devices(block)(pdata, keys, real, approx)
-
-
+# ----------------------------------------------------------------------------- trajectories
 #: Output block of the trajectory solves (``save_chunk`` of :func:`pkpd.solve.solver.solve_subject`):
 #: a dense hourly grid is saved block by block instead of once per dose segment.
 SAVE_CHUNK = 128
@@ -672,65 +245,6 @@ def _pad_obs(arrays: dict, n: int) -> dict:
     if n <= arrays["t"].shape[1]:
         return arrays
     return {k: _pad_columns(v, n, _OBS_FILL.get(k)) for k, v in arrays.items()}
-
-
-def _structure(problem: PopulationProblem, integrated: bool, method, draws, warmup, depth, chains=1) -> _Structure:
-    return _Structure(
-        likelihood_key=_likelihood_key(problem),
-        estimated=tuple(problem.estimated),
-        iiv=tuple(problem.iiv),
-        sigma_names=tuple(problem.sigma_names()),
-        integrated=bool(integrated),
-        method=method,
-        draws=int(draws),
-        warmup=int(warmup) if method == "nuts" else 0,  # unused by Laplace: keep one compile for any value
-        max_tree_depth=int(max_tree_depth_ok(depth)) if method == "nuts" else 0,
-        chains=int(chains),
-        problem=problem,
-    )
-
-
-def chains_per_patient(method: str, n_patients: int, n_devices: int | None = None) -> int:
-    """NUTS chains per patient: one, unless there are fewer patients than devices (default: the
-    local devices), when each patient gets ``n_devices // n_patients`` chains sharing its draws,
-    so that every device works: a patient's draws then take ``warmup + draws / chains``
-    iterations of one chain's time instead of ``warmup + draws``. Laplace draws are independent
-    already: one "chain"."""
-    d = n_devices or len(jax.local_devices())
-    return max(1, d // n_patients) if method == "nuts" else 1
-
-
-def _per_patient(rows, n_real: int, chains: int, draws: int):
-    """The first ``n_real * chains`` rows of an :func:`_infer` result (undealt) per patient:
-    ``(xs, theta, sigma)`` with the chains' draws concatenated and cut to ``draws``
-    (``xs [n_real, draws, p]``; ``theta`` and ``sigma`` ``{name: [n_real, draws]}``), the
-    diagnostics ``{name: [n_real, chains, ...]}`` and, with several chains, each patient's largest
-    split R-hat over its latent variables (:func:`numpyro.diagnostics.split_gelman_rubin`, on the
-    chains as run; else None, also when the chains are too short to split: under 4 draws each)."""
-    xs, theta, sigma, diag = rows
-    chain_xs = np.asarray(xs)[:n_real * chains]
-    r_hat = None
-    if chains > 1 and chain_xs.shape[1] >= 4:
-        from numpyro.diagnostics import split_gelman_rubin
-
-        per_patient = chain_xs.reshape(n_real, chains, *chain_xs.shape[1:])
-        r_hat = [float(np.max(split_gelman_rubin(c))) for c in per_patient]
-
-    def draws_of(a):
-        a = np.asarray(a)[:n_real * chains]
-        return a.reshape(n_real, chains * a.shape[1], *a.shape[2:])[:, :draws]
-
-    theta = {k: draws_of(v) for k, v in theta.items()}
-    sigma = {k: draws_of(v) for k, v in sigma.items()}
-    diag = {k: np.asarray(v)[:n_real * chains].reshape(n_real, chains, *np.shape(v)[1:]) for k, v in diag.items()}
-    return draws_of(xs), theta, sigma, diag, r_hat
-
-
-def max_tree_depth_ok(depth) -> int:
-    depth = int(depth)
-    if depth < 1:
-        raise PkpdError(f"max_tree_depth must be >= 1, got {depth}")
-    return depth
 
 
 def _forecast_solvers(model: Model, solver) -> tuple[SolverOptions, SolverOptions]:
@@ -1085,7 +599,8 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
         tunes the step size (100 iterations suffice; trees are typically 2-3 deep). With
         fewer patients than devices (on a CPU, host devices: ``pkpd forecast`` creates one
         per core) each patient's draws are shared by ``devices // patients`` NUTS chains,
-        one per device, each with its own ``warmup`` (:func:`chains_per_patient`).
+        one per device, each with its own ``warmup``
+        (:func:`~pkpd.forecasting.inference.chains_per_patient`).
     solver : SolverOptions, optional
         ODE settings of the patient's likelihood (default: those of population fits, with
         the card's integrator, or a fit prior's); the adjoint is forced to forward mode. An
@@ -1124,7 +639,7 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     for name, value, low in (("draws", draws, 2), ("warmup", warmup, 1 if method == "nuts" else 0)):
         if int(value) < low:
             raise PkpdError(f"{name} must be >= {low}, got {value}")
-    pr = _resolve_prior(prior)
+    pr = resolve_prior(prior)
     model = pr.model
     lineages = _forecast_lineages(model, lineage)
     primary = "ANC" if "ANC" in lineages else lineages[0]
@@ -1156,7 +671,7 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     spec = FitSpec(**{**{k: getattr(spec, k) for k in spec.__dataclass_fields__}, "solver": inference_solver,
                       "grid_tolerance": min(spec.grid_tolerance, GRID_TOLERANCE)})
     problem = PopulationProblem(model, ds, spec)
-    mean, chol, corr_chol, integrated = _population(pr, problem)
+    mean, chol, corr_chol, integrated = population_prior(pr, problem)
     n_real, n_sub = problem.n_real, problem.n_sub
     pdata = PatientProblem.subject_data(problem)
     pdata["arrays"] = _pad_obs(pdata["arrays"], bucket_size(pdata["arrays"]["t"].shape[1], MIN_OBS))
@@ -1165,7 +680,7 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     pdata = _pad_subjects(pdata, n_real)
     shared = {"mean": jnp.asarray(mean), "chol": jnp.asarray(chol), "corr_chol": jnp.asarray(corr_chol)}
     chains = chains_per_patient(method, n_real)
-    structure = _structure(problem, integrated, method, draws, warmup, max_tree_depth, chains)
+    structure = inference_structure(problem, integrated, method, draws, warmup, max_tree_depth, chains)
     keys = jax.random.split(jax.random.PRNGKey(int(seed)), n_sub)
     if chains == 1:  # one row per (padded) patient
         patient_of_row = np.arange(n_sub)
@@ -1176,9 +691,9 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     (patient_of_row, keys), order = deal_rows((jnp.asarray(patient_of_row), keys), n_chains)
     real = jnp.asarray(order < n_chains)
     t0 = time.perf_counter()
-    out = undeal_rows(_infer(structure, problem.dynamics, pdata, shared, patient_of_row, keys, real), order)
+    out = undeal_rows(infer_patients(structure, problem.dynamics, pdata, shared, patient_of_row, keys, real), order)
     infer_s = time.perf_counter() - t0
-    xs, theta, sigma, diag, r_hat = _per_patient(out, n_real, chains, int(draws))
+    xs, theta, sigma, diag, r_hat = per_patient_draws(out, n_real, chains, int(draws))
     diagnostics = {
         "divergences": np.asarray(diag["divergences"]).sum(axis=1).tolist(),
         "mean_steps": np.asarray(diag["mean_steps"]).mean(axis=1).tolist(),

@@ -370,9 +370,10 @@ def plan(prior, patient, options, *, cycle=None, transfuse=(), cycle_length="21d
     lineages = [r[0] for r in rules]
     if len(set(lineages)) != len(lineages):
         raise PkpdError(f"one transfusion rule per lineage, got {list(transfuse)}")
-    from .forecast import _as_dataset, _resolve_prior
+    from .forecast import _as_dataset
+    from .prior import resolve_prior
 
-    pr = _resolve_prior(prior)
+    pr = resolve_prior(prior)
     ds = _as_dataset(patient, forecast_options.get("covariates"))
     if forecast_options.get("ids") is not None:
         ids = forecast_options["ids"]

@@ -79,7 +79,7 @@ def problem_for_fit(fit, data=None):
         raise PkpdError("this fit was read from a file and does not hold its data: pass the data set it was "
                         "fitted to (data=... / --data)")
     from ..data.dataset import Dataset, read_dataset
-    from ..forecasting.forecast import _fit_model
+    from ..forecasting.prior import fit_model
     from ..solve.solver import SolverOptions
     from ..stats.population import FitSpec, PopulationProblem
 
@@ -103,7 +103,7 @@ def problem_for_fit(fit, data=None):
     kwargs["prior_values"] = dict(kwargs.get("prior_values") or {})
     opts = {k: solver[k] for k in ("rtol", "atol", "max_steps", "solver", "adjoint") if k in solver}
     spec = FitSpec(**kwargs, solver=SolverOptions(**opts) if opts else FitSpec().solver)
-    model = _fit_model(fit)
+    model = fit_model(fit)
     observed = (np.asarray(fit.idata.observed_data["DV"].values, float)
                 if "observed_data" in fit.idata.groups() and "DV" in fit.idata.observed_data else None)
     problem = None
