@@ -8,7 +8,7 @@ time 0; BSA 1.8) with a week of daily ANC (days 0-7), forecast together by ``pkp
 draws, 21-day horizon, the card as prior), then one of them alone. Prints the wall time of each call
 (the first compiles), split into inference and trajectories. ``--devices N`` makes JAX expose N CPU host
 devices (``--xla_force_host_platform_device_count``, as ``pkpd forecast`` does with one per core; default:
-JAX's own, one): the patients' inference is then split across them (the trajectories stay on one), and a
+JAX's own, one): the patients' inference and the trajectory draws are then split across them, and a
 patient alone gets one NUTS chain per device sharing its draws. ``--single-only``: the one patient only.
 Figures in benchmarks/README.md.
 """

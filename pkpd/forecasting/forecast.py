@@ -13,8 +13,8 @@ Patients are independent: they are processed by one vectorised (``vmap``) comput
 over the patient axis (NUTS on a CPU: one patient after the other, ``lax.map``), split
 across the devices when there are several (on a CPU, host devices: one per core with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which ``pkpd forecast`` and ``pkpd
-plan`` set; :mod:`pkpd.forecasting.devices`). The trajectories run on one device (see
-:func:`_trajectories`).
+plan`` set; :mod:`pkpd.forecasting.devices`). The trajectory draws are split across the
+devices the same way (:func:`_trajectories`).
 
 Inference (``method``):
 
@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 
 from . import endpoints as ep
-from .devices import deal_rows, undeal_rows
+from .devices import deal_rows, over_devices, undeal_rows
 from .inference import (PatientProblem, chains_per_patient, infer_patients, inference_structure,
                         per_patient_draws)
 from .lineage import baseline_parameter, get_lineage, model_lineages
@@ -198,19 +198,25 @@ SAVE_CHUNK = 128
 def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
     """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``).
 
-    Runs on one device. Split across CPU host devices (``shard_map`` over the draws), it
-    deadlocks on jax 0.10: the PK modes' batched ``jnp.linalg.eigh`` (LAPACK) hands its batch to
-    the intra-op thread pool and blocks, while every pool thread runs a device's program (gdb;
-    benchmarks/README.md, 2026-12-03). A LAPACK-free eigen-decomposition (cyclic Jacobi) removed
-    the deadlock but made fits much slower; not shipped."""
+    The draws are split across the local devices (:func:`pkpd.forecasting.devices.deal_rows`
+    and :func:`~pkpd.forecasting.devices.over_devices`; the identity with one device). On CPU
+    host devices this needs a program free of batched LAPACK calls, which block on the thread
+    pool that the devices share: the PK modes are computed in closed form
+    (:func:`pkpd.model.pk.closed_form.pk_modes`; benchmarks/README.md, 2026-12-03)."""
     order = jnp.full_like(t, jnp.inf)
 
     def one(th):
         out, ok, _ = predict_outputs(dynamics, tdata, th, t, order, solver, SAVE_CHUNK)
         return {o: out[o] for o in outputs}, ok
 
-    n = next(iter(theta.values())).shape[0]
-    return jax.lax.map(one, theta, batch_size=min(n, 100))
+    def block(theta_block):
+        n = next(iter(theta_block.values())).shape[0]
+        return jax.lax.map(one, theta_block, batch_size=min(n, 100))
+
+    n_draws = next(iter(theta.values())).shape[0]
+    dealt, rows = deal_rows(theta, n_draws)
+    ys, ok = undeal_rows(over_devices(block)(dealt), rows)
+    return {o: y[:n_draws] for o, y in ys.items()}, ok[:n_draws]
 
 
 # ----------------------------------------------------------------------------- host helpers
