@@ -298,17 +298,30 @@ def time_below(t, y, threshold, start=None, end=None):
     t, y = t[i0: i1 + 1], y[..., i0: i1 + 1]
     ta, tb = np.maximum(t[:-1], a), np.minimum(t[1:], b)
     h = np.diff(t)
-    use = tb > ta
-    # values at the clipped interval ends, on the straight line of each interval
-    wa, wb = np.where(use, (ta - t[:-1]) / h, 0.0), np.where(use, (tb - t[:-1]) / h, 0.0)
-    y0, y1 = y[..., :-1], y[..., 1:]
-    va, vb = y0 + wa * (y1 - y0), y0 + wb * (y1 - y0)
-    lo, hi = np.minimum(va, vb), np.maximum(va, vb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        frac = np.where(hi > lo, np.clip((thr - lo) / (hi - lo), 0.0, 1.0), (lo < thr).astype(float))
-    frac = np.where(np.isnan(va) | np.isnan(vb), np.nan, frac)
-    dur = np.where(use, frac * np.where(use, tb - ta, 0.0), 0.0)
-    return dur.sum(axis=-1)
+    length = np.where(tb > ta, tb - ta, 0.0)  # [I], the part of each interval inside the window
+    lo, hi = np.minimum(y[..., :-1], y[..., 1:]), np.maximum(y[..., :-1], y[..., 1:])
+    # Only the first and last intervals can be cut by the window: their values at the cut
+    # ends, on the straight line of the interval.
+    for k in {0, t.size - 2}:
+        if length[k] > 0 and (ta[k] > t[k] or tb[k] < t[k + 1]):
+            y0, y1 = y[..., k], y[..., k + 1]
+            va, vb = y0 + (ta[k] - t[k]) / h[k] * (y1 - y0), y0 + (tb[k] - t[k]) / h[k] * (y1 - y0)
+            lo[..., k], hi[..., k] = np.minimum(va, vb), np.maximum(va, vb)
+    # An interval wholly below the threshold counts in full; one it crosses (lo < thr <= hi,
+    # so hi > lo), by the fraction of the line below it; the rest not at all.
+    full = hi < thr
+    dur = np.where(full, length, 0.0).sum(axis=-1)
+    cross = (lo < thr) & ~full
+    idx = np.nonzero(cross)
+    if idx[0].size:
+        thr_c, lo_c, hi_c = (np.broadcast_to(v, cross.shape)[idx] for v in (thr, lo, hi))
+        part = (thr_c - lo_c) / (hi_c - lo_c) * length[idx[-1]]
+        if dur.ndim:
+            dur = dur + np.bincount(np.ravel_multi_index(idx[:-1], dur.shape), weights=part,
+                                    minlength=dur.size).reshape(dur.shape)
+        else:
+            dur = dur + part.sum()
+    return np.where(np.isnan(lo).any(axis=-1) | np.isnan(hi).any(axis=-1), np.nan, dur)
 
 
 def interpolate_at(t, y, at):
