@@ -607,3 +607,29 @@ def test_disposition_modes_gradients_match_finite_differences():
                        / (2 * h) for e in np.eye(len(x))], axis=-1)
         for jac in (jax.jacrev(central), jax.jacfwd(central)):
             np.testing.assert_allclose(np.asarray(jac(jnp.asarray(x))), fd, rtol=0, atol=1e-7 * np.max(np.abs(fd)))
+
+
+def test_three_compartment_rates_stay_accurate_when_two_are_far_below_the_third():
+    """20,000 random 3-compartment models with micro-constants over up to 14 decades, many with
+    two slow rates far below the fast one (where the trigonometric cubic formula alone is off by
+    ~sqrt(eps) x the largest rate): the rates' sum, pairwise-product sum and product equal the
+    characteristic polynomial's coefficients to 1e-11 relative, the rates are strictly ascending,
+    and the central residues sum to 1 (a bolus starts in the central compartment)."""
+    from pkpd.model.pk.closed_form import _disposition_modes
+
+    rng = np.random.default_rng(11)
+    n = 20_000
+    cl, v1 = 10 ** rng.uniform(-3, 3, n), 10 ** rng.uniform(-1, 4, n)
+    q2, v2, q3, v3 = (10 ** rng.uniform(lo, hi, n) for lo, hi in ((-6, 3), (-1, 5), (-6, 3), (-1, 5)))
+    modes = jax.jit(jax.vmap(lambda c, a, b, d, e, g: _disposition_modes(c, [a, d, g], [b, e])))
+    lam, residue = (np.asarray(a) for a in modes(cl, v1, q2, v2, q3, v3))
+    k10, k12, k13, k21, k31 = cl / v1, q2 / v1, q3 / v1, q2 / v2, q3 / v3
+    a2 = k10 + k12 + k13 + k21 + k31
+    a1 = k10 * k21 + k10 * k31 + k21 * k31 + k12 * k31 + k13 * k21
+    a0 = k10 * k21 * k31
+    e2 = lam[:, 0] * lam[:, 1] + lam[:, 0] * lam[:, 2] + lam[:, 1] * lam[:, 2]
+    assert np.max(np.abs(lam.sum(1) - a2) / a2) < 1e-11
+    assert np.max(np.abs(e2 - a1) / a1) < 1e-11
+    assert np.max(np.abs(lam.prod(1) - a0) / a0) < 1e-11
+    assert np.all(np.diff(lam, axis=1) > 0)
+    np.testing.assert_allclose(residue[:, 0, :].sum(1), 1.0, rtol=0, atol=1e-12)

@@ -148,11 +148,16 @@ def _cubic_roots(a2, a1, a0):
     r"""The three real roots, ascending, of :math:`\lambda^3 - a_2\lambda^2 + a_1\lambda - a_0`
     (characteristic polynomial of a 3-compartment mammillary model: all roots real and positive).
 
-    Trigonometric solution of the depressed cubic (Press et al., *Numerical Recipes*, 3rd ed.,
-    section 5.6), then three Newton steps on the cubic itself, which restore full relative
-    accuracy to the small roots when the rates span many decades (the coefficients are sums of
-    positive terms: no cancellation). The starting values are cut from the gradient, so the
-    derivatives are those of the polished roots, i.e. the implicit-function derivatives
+    The largest root :math:`\lambda_3` by the trigonometric solution of the depressed cubic
+    (Press et al., *Numerical Recipes*, 3rd ed., section 5.6), accurate relative to the scale of
+    the coefficients; the other two from the quadratic left after deflation, written with the
+    product :math:`\lambda_1\lambda_2 = a_0/\lambda_3` and the sum
+    :math:`\lambda_1 + \lambda_2 = (a_1 - a_0/\lambda_3)/\lambda_3` (no cancellation: the
+    coefficients are sums of positive terms and :math:`\lambda_3` is the largest), the smaller as
+    product / larger. (The trigonometric formula alone loses the small roots when two of them are
+    far below the third: an error of about :math:`\sqrt{\epsilon}\,\lambda_3`.) Then three Newton
+    steps on the cubic itself. The starting values are cut from the gradient, so the derivatives
+    are those of the polished roots, i.e. the implicit-function derivatives
     :math:`\partial\lambda/\partial a = -(\partial p/\partial a) / p'(\lambda)`.
     """
     x = jax.lax.stop_gradient(jnp.stack([a2, a1, a0]))
@@ -163,11 +168,13 @@ def _cubic_roots(a2, a1, a0):
     m = jnp.sqrt(jnp.maximum(-p / 3.0, 0.0))
     tiny = jnp.finfo(m.dtype).tiny
     arg = jnp.clip(-q / (2.0 * jnp.maximum(m, tiny) ** 3), -1.0, 1.0)
-    phi = jnp.arccos(arg) / 3.0
-    k = jnp.arange(3, dtype=m.dtype)
-    lam = jnp.sort(shift + 2.0 * m * jnp.cos(phi - 2.0 * jnp.pi * k / 3.0))
-    # the smallest root also from the product of the roots (= a0): accurate when it is tiny
-    lam = lam.at[0].set(jnp.where(lam[1] * lam[2] > 0, b0 / (lam[1] * lam[2]), lam[0]))
+    big = shift + 2.0 * m * jnp.cos(jnp.arccos(arg) / 3.0)
+    for _ in range(2):  # the largest root is simple and above the inflection point: Newton is safe
+        big = big - (((big - b2) * big + b1) * big - b0) / ((3.0 * big - 2.0 * b2) * big + b1)
+    prod = b0 / big
+    total = (b1 - prod) / big
+    mid = 0.5 * (total + jnp.sqrt(jnp.maximum(total * total - 4.0 * prod, 0.0)))
+    lam = jnp.stack([prod / mid, mid, big])
     for _ in range(3):
         value = ((lam - a2) * lam + a1) * lam - a0
         slope = (3.0 * lam - 2.0 * a2) * lam + a1
