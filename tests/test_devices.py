@@ -88,3 +88,11 @@ def test_chains_too_short_to_split_give_no_r_hat():
     out_xs, _, _, _, r_hat = per_patient_draws((xs, {}, {}, {}), 1, 2, 2)
     assert r_hat is None
     np.testing.assert_array_equal(out_xs[0], xs[:, 0])
+
+
+@pytest.mark.parametrize("n_patients, n_devices, expected", [(1, 2, False), (2, 2, True), (40, 2, True), (40, 1, False),
+                                                             (3, 16, False), (16, 16, True)])
+def test_trajectories_split_only_for_a_batch(n_patients, n_devices, expected):
+    from pkpd.forecasting.forecast import _split_trajectories
+
+    assert _split_trajectories(n_patients, n_devices) is expected

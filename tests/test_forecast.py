@@ -480,6 +480,12 @@ _SPLIT_CHILD = textwrap.dedent(r"""
         out[f"{method}_devices"] = fc.diagnostics["devices"]
         out[f"{method}_chains"] = fc.diagnostics["chains"]
         out[f"{method}_r_hat"] = np.nan if fc.diagnostics["r_hat"] is None else fc.diagnostics["r_hat"][0]
+        if method == "laplace":
+            # one patient keeps its trajectories on one device; project again with them split
+            import pkpd.forecasting.forecast as F
+            assert not F._split_trajectories(1)
+            F._split_trajectories = lambda n_patients, n_devices=None: True
+            out["laplace_split_trajectories"] = fc.project(None).trajectories
     np.savez(sys.argv[3], devices=len(jax.devices()), **out)
 """)
 
@@ -514,6 +520,9 @@ def test_forecast_split_across_devices_matches_one_device(patient, laplace, nuts
             # The same draws up to rounding (measured: 5e-11 relative), and their trajectories.
             np.testing.assert_allclose(two, one, rtol=1e-8, atol=1e-12)
             np.testing.assert_allclose(split["laplace_trajectories"], fc.trajectories, rtol=1e-6, atol=1e-9)
+            # the same draws' trajectories solved with the draws split across the two devices
+            np.testing.assert_allclose(split["laplace_split_trajectories"], split["laplace_trajectories"],
+                                       rtol=1e-6, atol=1e-9)
         else:
             # Two chains of 100 draws against one of 200 (same posterior): the posterior means
             # of the random effects agree within 0.6 posterior SD (about 3.7 standard errors of

@@ -13,8 +13,8 @@ Patients are independent: they are processed by one vectorised (``vmap``) comput
 over the patient axis (NUTS on a CPU: one patient after the other, ``lax.map``), split
 across the devices when there are several (on a CPU, host devices: one per core with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, which ``pkpd forecast`` and ``pkpd
-plan`` set; :mod:`pkpd.forecasting.devices`). The trajectory draws are split across the
-devices the same way (:func:`_trajectories`).
+plan`` set; :mod:`pkpd.forecasting.devices`). For a batch (at least as many patients as
+devices) the trajectory draws are split across the devices too (:func:`_trajectories`).
 
 Inference (``method``):
 
@@ -195,13 +195,14 @@ SAVE_CHUNK = 128
 
 
 @eqx.filter_jit
-def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t):
+def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, theta: dict, t, split: bool):
     """``{output: [draws, S, T]}`` and solve status ``[draws, S]`` (theta values ``[draws, S]``).
 
-    The draws are split across the local devices (:func:`pkpd.forecasting.devices.deal_rows`
-    and :func:`~pkpd.forecasting.devices.over_devices`; the identity with one device). On CPU
-    host devices this needs a program free of batched LAPACK calls, which block on the thread
-    pool that the devices share: the PK modes are computed in closed form
+    With ``split`` (static; a batch: :func:`_split_trajectories`) the draws are split across the
+    local devices (:func:`pkpd.forecasting.devices.deal_rows` and
+    :func:`~pkpd.forecasting.devices.over_devices`; the identity with one device). On CPU host
+    devices this needs a program free of batched LAPACK calls, which block on the thread pool
+    that the devices share: the PK modes are computed in closed form
     (:func:`pkpd.model.pk.closed_form.pk_modes`; benchmarks/README.md, 2026-12-03)."""
     order = jnp.full_like(t, jnp.inf)
 
@@ -213,10 +214,21 @@ def _trajectories(outputs: tuple, solver: SolverOptions, dynamics, tdata: dict, 
         n = next(iter(theta_block.values())).shape[0]
         return jax.lax.map(one, theta_block, batch_size=min(n, 100))
 
+    if not split:
+        return block(theta)
     n_draws = next(iter(theta.values())).shape[0]
     dealt, rows = deal_rows(theta, n_draws)
     ys, ok = undeal_rows(over_devices(block)(dealt), rows)
     return {o: y[:n_draws] for o, y in ys.items()}, ok[:n_draws]
+
+
+def _split_trajectories(n_patients: int, n_devices: int | None = None) -> bool:
+    """Split the trajectory draws across the devices only for a batch: at least as many patients as
+    devices (default: the local devices), as the inference splits its patients. A patient alone
+    (``pkpd forecast`` of one patient) keeps one program: its trajectories take ~0.1 s warm, while the
+    sharded program takes longer to compile (benchmarks/README.md, 2026-12-03)."""
+    d = n_devices or len(jax.local_devices())
+    return d > 1 and n_patients >= d
 
 
 # ----------------------------------------------------------------------------- host helpers
@@ -797,6 +809,7 @@ def _design(model: Model, ds, names):
             end = max(end, t_last, max(planned, default=0.0))
     return frames, subject_of, after, end, dose_units
 
+
 def _project(context: dict, names, diagnostics) -> Forecast:
     """Trajectories and endpoint summaries of the posterior draws under each regimen, per lineage."""
     start_time = context.get("start_time") or time.perf_counter()
@@ -828,7 +841,8 @@ def _project(context: dict, names, diagnostics) -> Forecast:
     th = {k: jnp.asarray(np.ascontiguousarray(v[index].T)) for k, v in theta.items()}  # [draws, S]
     t1 = time.perf_counter()
     # every count output of the model, whichever are summarised: one compile serves any choice of lineages
-    ys, ok = _trajectories(model_lineages(model.outputs), solver, dynamics, tdata, th, jnp.asarray(t_eval))
+    ys, ok = _trajectories(model_lineages(model.outputs), solver, dynamics, tdata, th, jnp.asarray(t_eval),
+                           _split_trajectories(n_real))
     ok = np.asarray(ok)[:, :n_traj]
     traj_s = time.perf_counter() - t1
     trajectories = {}
