@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--method", choices=("laplace", "nuts"), default="laplace")
     ap.add_argument("--batch", type=int, default=16, help="patients per forecast call")
     ap.add_argument("--draws", type=int, default=300)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=20, help="NUTS warm-up iterations (pkpd.forecast's default)")
     ap.add_argument("--seed", type=int, default=2017)
     args = ap.parse_args(argv)
     pkpd.enable_x64()

@@ -28,7 +28,8 @@ Inference (``method``):
   patient (with fewer patients than devices, ``devices // patients`` chains sharing the
   draws: :func:`~pkpd.forecasting.inference.chains_per_patient`), started at the Laplace
   mode with the Laplace covariance as a dense mass matrix; ``warmup`` iterations tune
-  the step size, then the draws, all inside one compiled function.
+  the step size (dual averaging in one window), then the draws, all inside one compiled
+  function.
 
 The latent dimension is small (3 random effects for the Kloft card), so gradients and
 Hessians use forward-mode sensitivities of the ODE solve (``SolverOptions(adjoint=
@@ -574,7 +575,7 @@ class Forecast:
 
 # ----------------------------------------------------------------------------- forecast
 def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, lineage=None, interval=0.9,
-             ready=None, seed=0, draws=500, warmup=100, max_tree_depth=6, solver=None,
+             ready=None, seed=0, draws=500, warmup=20, max_tree_depth=6, solver=None,
              regimen_names=None, covariates=None, ids=None, progress=False) -> Forecast:
     """Forecast blood counts of one or several patients from their data so far.
 
@@ -614,10 +615,12 @@ def forecast(prior, patient, regimen=None, horizon="21d", method="nuts", *, line
     draws, warmup, max_tree_depth : int
         Posterior draws (both methods); NUTS warm-up iterations and tree depth. NUTS starts
         at the Laplace mode with the Laplace covariance as its mass matrix, so warm-up only
-        tunes the step size (100 iterations suffice; trees are typically 2-3 deep). With
-        fewer patients than devices (on a CPU, host devices: ``pkpd forecast`` creates one
-        per core) each patient's draws are shared by ``devices // patients`` NUTS chains,
-        one per device, each with its own ``warmup``
+        tunes the step size, by dual averaging over all its iterations
+        (:func:`~pkpd.forecasting.inference.nuts_chain`); 20 iterations gave as large an
+        effective sample size as 100 (benchmarks/README.md, 2026-12-03; trees are typically
+        2-3 deep). With fewer patients than devices (on a CPU, host devices: ``pkpd forecast``
+        creates one per core) each patient's draws are shared by ``devices // patients`` NUTS
+        chains, one per device, each with its own ``warmup``
         (:func:`~pkpd.forecasting.inference.chains_per_patient`).
     solver : SolverOptions, optional
         ODE settings of the patient's likelihood (default: those of population fits, with

@@ -43,7 +43,7 @@ from .devices import over_devices
 from ..errors import PkpdError
 from ..stats.population import PopulationProblem
 
-__all__ = ["PatientProblem", "laplace_approximation", "infer_patients", "inference_structure", "chains_per_patient",
+__all__ = ["PatientProblem", "laplace_approximation", "nuts_chain", "infer_patients", "inference_structure", "chains_per_patient",
            "per_patient_draws", "max_tree_depth_ok"]
 
 
@@ -271,30 +271,50 @@ def laplace_approximation(potential, n_latent: int, *, max_steps: int | None = N
     return mode, scale @ scale.T, scale, solution.stats["num_steps"], ok
 
 
-def _nuts_chain(structure: _Structure, potential, key, mode, cov, ok):
-    """One NUTS chain of ``structure.warmup + structure.chain_draws`` iterations on ``potential``
-    (the draws after warm-up and the chain's diagnostics)."""
-    from numpyro.infer.hmc import hmc
+def nuts_chain(structure: _Structure, potential, key, mode, cov, ok):
+    """One NUTS chain on ``potential``: ``structure.warmup`` iterations of step-size adaptation,
+    then ``structure.chain_draws`` draws (the draws and the chain's diagnostics).
 
-    # Start at the Laplace mode with the Laplace covariance as a dense mass matrix: warm-up
-    # then only tunes the step size, and trees stay shallow from the first iteration.
+    The chain starts at the Laplace mode with the Laplace covariance as a dense mass matrix,
+    which is not adapted; warm-up tunes only the step size, by NumPyro's dual averaging
+    (Hoffman & Gelman 2014, target acceptance 0.8) over all its iterations, the last step size
+    being the weighted average. This is NumPyro's step-size update without its window
+    schedule: for 20 or more warm-up iterations that schedule, made for adapting the mass
+    matrix, restarts the step-size search at the end of its middle window (iteration 89 of
+    100), so only the last 10% of iterations would set the step size.
+    """
+    from numpyro.infer.hmc import hmc
+    from numpyro.infer.hmc_util import dual_averaging
+
     p = structure.n_latent
     x0 = jnp.where(ok, mode, jnp.zeros(p))
     cov = jnp.where(ok, cov, jnp.eye(p))
     init_kernel, sample_kernel = hmc(potential_fn=potential, algo="NUTS")
-    state = init_kernel(x0, num_warmup=structure.warmup, inverse_mass_matrix=cov, dense_mass=True,
+    # num_warmup=0: NumPyro adapts nothing itself; adapt_step_size=True still makes it start from
+    # a reasonable step size and set up the dual-averaging state, updated below.
+    state = init_kernel(x0, num_warmup=0, inverse_mass_matrix=cov, dense_mass=True, adapt_step_size=True,
                         adapt_mass_matrix=False, max_tree_depth=structure.max_tree_depth, target_accept_prob=0.8,
                         forward_mode_differentiation=True, rng_key=key)
+    _, step_size_update = dual_averaging()
+    last_warmup = structure.warmup - 1
+    finfo = jnp.finfo(jnp.result_type(float))
 
-    def body(s, _):
+    def adapt(s, i):
+        s = sample_kernel(s)
+        ss_state = step_size_update(0.8 - s.accept_prob, s.adapt_state.ss_state)
+        log_step, log_step_avg = ss_state[0], ss_state[1]
+        step = jnp.clip(jnp.exp(jnp.where(i == last_warmup, log_step_avg, log_step)), finfo.tiny, finfo.max)
+        return s._replace(adapt_state=s.adapt_state._replace(step_size=step, ss_state=ss_state)), s.num_steps
+
+    def draw(s, _):
         s = sample_kernel(s)
         return s, (s.z, s.diverging, s.num_steps)
 
-    last, (xs, div, steps) = jax.lax.scan(body, state, None, length=structure.warmup + structure.chain_draws)
-    w = structure.warmup
-    return xs[w:], {"divergences": jnp.sum(div[w:]), "mean_steps": jnp.mean(steps[w:]),
-                    "warmup_steps": jnp.sum(steps[:w]).astype(float), "step_size": last.adapt_state.step_size,
-                    "converged": jnp.asarray(True)}
+    state, warm_steps = jax.lax.scan(adapt, state, jnp.arange(structure.warmup))
+    last, (xs, div, steps) = jax.lax.scan(draw, state, None, length=structure.chain_draws)
+    return xs, {"divergences": jnp.sum(div), "mean_steps": jnp.mean(steps),
+                "warmup_steps": jnp.sum(warm_steps).astype(float), "step_size": last.adapt_state.step_size,
+                "converged": jnp.asarray(True)}
 
 
 @eqx.filter_jit
@@ -322,7 +342,7 @@ def infer_patients(structure: _Structure, dynamics, pdata: dict, shared: dict, p
         potential, params = patient(pdata_one)
         mode, cov, scale, steps, ok = approx_one
         if structure.method == "nuts":
-            xs, diag = _nuts_chain(structure, potential, key, mode, cov, ok)
+            xs, diag = nuts_chain(structure, potential, key, mode, cov, ok)
         else:
             eps = jax.random.normal(key, (structure.chain_draws, structure.n_latent))
             xs = mode + eps @ scale.T
