@@ -43,8 +43,11 @@ from .devices import over_devices
 from ..errors import PkpdError
 from ..stats.population import PopulationProblem
 
-__all__ = ["PatientProblem", "laplace_approximation", "nuts_chain", "infer_patients", "inference_structure", "chains_per_patient",
-           "per_patient_draws", "max_tree_depth_ok"]
+__all__ = ["PatientProblem", "laplace_approximation", "nuts_chain", "infer_patients", "inference_structure",
+           "chains_per_patient", "per_patient_draws", "max_tree_depth_ok", "TARGET_ACCEPT_PROB"]
+
+#: Mean acceptance probability that NUTS warm-up tunes the step size to (NumPyro's and Stan's default).
+TARGET_ACCEPT_PROB = 0.8
 
 
 def _likelihood_key(problem: PopulationProblem) -> tuple:
@@ -277,8 +280,9 @@ def nuts_chain(structure: _Structure, potential, key, mode, cov, ok):
 
     The chain starts at the Laplace mode with the Laplace covariance as a dense mass matrix,
     which is not adapted; warm-up tunes only the step size, by NumPyro's dual averaging
-    (Hoffman & Gelman 2014, target acceptance 0.8) over all its iterations, the last step size
-    being the weighted average. This is NumPyro's step-size update without its window
+    (Hoffman & Gelman, J Mach Learn Res 2014;15:1593, section 3.2; target mean acceptance
+    :data:`TARGET_ACCEPT_PROB`) over all its iterations, the last step size being the
+    averaged one. This is NumPyro's step-size update without its window
     schedule: for 20 or more warm-up iterations that schedule, made for adapting the mass
     matrix, restarts the step-size search at the end of its middle window (iteration 89 of
     100), so only the last 10% of iterations would set the step size.
@@ -293,15 +297,15 @@ def nuts_chain(structure: _Structure, potential, key, mode, cov, ok):
     # num_warmup=0: NumPyro adapts nothing itself; adapt_step_size=True still makes it start from
     # a reasonable step size and set up the dual-averaging state, updated below.
     state = init_kernel(x0, num_warmup=0, inverse_mass_matrix=cov, dense_mass=True, adapt_step_size=True,
-                        adapt_mass_matrix=False, max_tree_depth=structure.max_tree_depth, target_accept_prob=0.8,
-                        forward_mode_differentiation=True, rng_key=key)
+                        adapt_mass_matrix=False, max_tree_depth=structure.max_tree_depth,
+                        target_accept_prob=TARGET_ACCEPT_PROB, forward_mode_differentiation=True, rng_key=key)
     _, step_size_update = dual_averaging()
     last_warmup = structure.warmup - 1
     finfo = jnp.finfo(jnp.result_type(float))
 
     def adapt(s, i):
         s = sample_kernel(s)
-        ss_state = step_size_update(0.8 - s.accept_prob, s.adapt_state.ss_state)
+        ss_state = step_size_update(TARGET_ACCEPT_PROB - s.accept_prob, s.adapt_state.ss_state)
         log_step, log_step_avg = ss_state[0], ss_state[1]
         step = jnp.clip(jnp.exp(jnp.where(i == last_warmup, log_step_avg, log_step)), finfo.tiny, finfo.max)
         return s._replace(adapt_state=s.adapt_state._replace(step_size=step, ss_state=ss_state)), s.num_steps
