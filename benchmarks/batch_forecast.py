@@ -99,5 +99,6 @@ def _ess(fc, chains: int) -> tuple[float, float]:
     tail = min(float(az.ess(z[:, :, j], method="tail")) for j in range(z.shape[-1]))
     return bulk, tail
 
+
 if __name__ == "__main__":
     main()

@@ -366,7 +366,6 @@ def test_laplace_approximation_is_exact_on_known_densities():
     assert not bool(ok)
 
 
-
 def test_nuts_chain_adapts_the_step_size_over_the_whole_warmup():
     """Warm-up is one window of dual averaging: the final step size is settled after 20 iterations
     and barely varies between seeds after 100. (NumPyro's window schedule, made for adapting the
